@@ -1,0 +1,13 @@
+"""Built-in datasets (registration only: modules are imported when a dataset is loaded)."""
+
+from rsabench.hookspecs import hookimpl
+from rsabench.registry import lazy
+
+
+@hookimpl
+def register_datasets(register):
+    register(
+        "kriegeskorte2008",
+        lazy("rsabench.builtin.kriegeskorte2008:load"),
+        summary="Kriegeskorte et al. 2008: human IT fMRI, 4 subjects x 2 sessions, 92 images (embedded)",
+    )

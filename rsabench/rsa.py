@@ -1,0 +1,183 @@
+"""RSA engine: correlation-distance RDMs, RDM vectors and vectorised comparisons (DESIGN §4).
+
+Model RDMs are computed in torch (differentiable, float32 Gram form); comparisons in numpy, with the
+brain side prepared once (ranked, centred, unit-normalised) so comparing M model RDMs with K subject
+RDMs is one matrix product.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+if TYPE_CHECKING:
+    import torch
+
+EPS = 1e-8
+
+
+def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor":
+    """``1 - pearson(f_i, f_j)`` over flattened features; batch-independent and differentiable.
+
+    Each image's flattened features are centred across features, L2-normalised (``eps`` keeps an
+    all-zero map legal: its distance to everything is 1), then ``1 - Z Zᵀ``.
+    """
+    import torch
+
+    z = features.reshape(features.shape[0], -1)
+    z = z - z.mean(dim=1, keepdim=True)
+    z = z / (z.norm(dim=1, keepdim=True) + eps)
+    rdm = 1.0 - z @ z.T
+    # exact zeros on the diagonal, symmetric to the last bit
+    rdm = 0.5 * (rdm + rdm.T)
+    return rdm * (1.0 - torch.eye(rdm.shape[0], dtype=rdm.dtype, device=rdm.device))
+
+
+def correlation_rdm_numpy(features: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """NumPy twin of :func:`correlation_rdm` (float32 Gram form) for precomputed features."""
+    z = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    z = z - z.mean(axis=1, keepdims=True)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + eps
+    rdm = 1.0 - z @ z.T
+    rdm = 0.5 * (rdm + rdm.T)
+    np.fill_diagonal(rdm, 0.0)
+    return rdm
+
+
+def triu_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Strict upper-triangle indices, row-major (scipy ``squareform`` order)."""
+    return np.triu_indices(n, k=1)
+
+
+def upper_tri(rdms: Any) -> Any:
+    """RDM vector(s): strict upper triangle of the last two axes, row-major (numpy or torch)."""
+    n = rdms.shape[-1]
+    i, j = triu_indices(n)
+    return rdms[..., i, j]
+
+
+def sub_rdm(rdms: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The RDM(s) restricted to the images in ``index`` (rows and columns)."""
+    index = np.asarray(index)
+    return rdms[..., index[:, None], index[None, :]]
+
+
+def _unit_rows(x: np.ndarray, center: bool) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if center:
+        x = x - x.mean(axis=-1, keepdims=True)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def rank_rows(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank) along the last axis."""
+    return rankdata(x, axis=-1, method="average")
+
+
+class CorrelationMetric:
+    """A metric of the form ``<u(T(x)), u(T(y))>``: T a row transform, u centring (optional) + unit norm.
+
+    Covers Pearson (T = id), Spearman (T = average ranks) and cosine (T = id, no centring).
+    """
+
+    name = "correlation"
+    center = True
+
+    def transform(self, vecs: np.ndarray) -> np.ndarray:
+        return np.asarray(vecs, dtype=np.float64)
+
+    def prepare(self, vecs: np.ndarray) -> np.ndarray:
+        """Subject RDM vectors ``(K, P)`` → prepared rows (done once per dataset load)."""
+        return _unit_rows(self.transform(vecs), self.center)
+
+    def compare(self, model: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+        """Model vectors ``(M, P)`` against prepared subjects ``(K, P)`` → ``(M, K)``."""
+        return self.prepare(np.atleast_2d(model)) @ prepared.T
+
+    def pool(self, vecs: np.ndarray) -> np.ndarray:
+        """Pooled RDM vector as rsatoolbox's ``pool_rdm``: mean after the metric's normalisation."""
+        t = self.transform(vecs)
+        if self.center:
+            t = t - t.mean(axis=-1, keepdims=True)
+            sd = t.std(axis=-1, keepdims=True)
+            t = t / np.where(sd > 0, sd, 1.0)
+        else:
+            norm = np.linalg.norm(t, axis=-1, keepdims=True)
+            t = t / np.where(norm > 0, norm, 1.0)
+        return t.mean(axis=0)
+
+    def reference(self, x: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class PearsonMetric(CorrelationMetric):
+    """Pearson correlation between RDM vectors."""
+
+    name = "pearson"
+
+    def reference(self, x: np.ndarray, y: np.ndarray) -> float:
+        from scipy.stats import pearsonr
+
+        return float(pearsonr(x, y)[0])
+
+
+class SpearmanMetric(CorrelationMetric):
+    """Spearman correlation with average ranks for ties (the Algonauts metric)."""
+
+    name = "spearman"
+
+    def transform(self, vecs: np.ndarray) -> np.ndarray:
+        return rank_rows(vecs)
+
+    def pool(self, vecs: np.ndarray) -> np.ndarray:
+        # rsatoolbox pools Spearman RDMs by averaging ranks
+        return rank_rows(vecs).mean(axis=0)
+
+    def reference(self, x: np.ndarray, y: np.ndarray) -> float:
+        from scipy.stats import spearmanr
+
+        return float(spearmanr(x, y)[0])
+
+
+class CosineMetric(CorrelationMetric):
+    """Cosine similarity between RDM vectors (no centring)."""
+
+    name = "cosine"
+    center = False
+
+    def reference(self, x: np.ndarray, y: np.ndarray) -> float:
+        from scipy.spatial.distance import cosine
+
+        return float(1.0 - cosine(x, y))
+
+
+class KendallTauAMetric:
+    """Kendall's tau-a (ties count as discordance-free zeros; Nili et al. 2014)."""
+
+    name = "kendall-tau-a"
+
+    def prepare(self, vecs: np.ndarray) -> np.ndarray:
+        return np.atleast_2d(np.asarray(vecs, dtype=np.float64))
+
+    def compare(self, model: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+        model = np.atleast_2d(np.asarray(model, dtype=np.float64))
+        p = model.shape[1]
+        out = np.zeros((len(model), len(prepared)))
+        pairs = p * (p - 1) / 2
+        for m, x in enumerate(model):
+            sx = np.sign(x[:, None] - x[None, :])
+            for k, y in enumerate(prepared):
+                out[m, k] = np.triu(sx * np.sign(y[:, None] - y[None, :]), 1).sum() / pairs
+        return out
+
+    def pool(self, vecs: np.ndarray) -> np.ndarray:
+        return rank_rows(vecs).mean(axis=0)
+
+    def reference(self, x: np.ndarray, y: np.ndarray) -> float:
+        # plain O(P^2) loop over pairs: the textbook definition
+        n = len(x)
+        s = sum(float(np.sum(np.sign(x[i] - x[i + 1 :]) * np.sign(y[i] - y[i + 1 :]))) for i in range(n))
+        return s / (n * (n - 1) / 2)

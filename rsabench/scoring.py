@@ -1,0 +1,153 @@
+"""Scores with noise ceilings and seeded bootstrap confidence intervals (DESIGN §2, §4).
+
+A :class:`TargetScorer` holds one target's subject RDMs restricted to the scored images, prepared once;
+``score_many`` compares any number of model RDMs (one per layer) in one matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .rsa import sub_rdm, upper_tri
+
+BOOTSTRAP_SAMPLES = 1000
+CI_LEVEL = 0.95
+
+
+@dataclass
+class Score:
+    """Never a bare float: raw value, per-subject values, ceilings, normalised value, CI, n, convention.
+
+    ``normalized`` is ``100 * raw / ceiling_upper`` (percent of the upper noise ceiling).
+    ``rho`` is the signed mean correlation (equal to ``raw`` unless the convention squares it).
+    """
+
+    raw: float
+    per_subject: list[float]
+    ceiling_lower: float
+    ceiling_upper: float
+    normalized: float
+    ci_low: float
+    ci_high: float
+    n_subjects: int
+    n_images: int
+    convention: str
+    metric: str
+    rho: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Score":
+        return cls(**d)
+
+
+def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Seeded resamples of ``n`` subjects with replacement, ``(samples, n)``; shared for paired Δ."""
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def percentile_ci(values: np.ndarray, indices: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` over resampled subjects."""
+    means = np.asarray(values, dtype=np.float64)[indices].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+class TargetScorer:
+    """Scores model RDMs against one target's subjects on a fixed set of images.
+
+    ``rdms``: ``(subjects, repeats, n, n)``; ``index``: the images scored (all when None). The metric
+    is applied per (subject, repeat) and averaged over repeats, then over subjects. Ceilings use the
+    same pairs: upper against the pooled RDM of all subjects, lower against the others (leave one out).
+    """
+
+    convention = "computed"
+
+    def __init__(
+        self,
+        rdms: np.ndarray,
+        metric: Any,
+        index: Sequence[int] | None = None,
+        bootstrap_seed: int = 0,
+        bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+    ) -> None:
+        rdms = np.asarray(rdms, dtype=np.float64)
+        self.index = np.arange(rdms.shape[-1]) if index is None else np.asarray(index)
+        self.metric = metric
+        self.n_subjects, self.n_repeats = rdms.shape[:2]
+        self.vectors = upper_tri(sub_rdm(rdms, self.index))  # (S, R, P)
+        flat = self.vectors.reshape(-1, self.vectors.shape[-1])
+        self.prepared = metric.prepare(flat)
+        self.bootstrap = bootstrap_indices(self.n_subjects, bootstrap_samples, bootstrap_seed)
+        self.ceiling_lower, self.ceiling_upper = self._ceilings()
+
+    # -- per-subject values -------------------------------------------------------------------
+    def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
+        """``(M, P)`` model vectors → ``(M, S)`` per-subject values (mean over repeats)."""
+        sims = self.metric.compare(model_vectors, self.prepared)
+        return sims.reshape(len(model_vectors), self.n_subjects, self.n_repeats).mean(axis=2)
+
+    def _ceilings(self) -> tuple[float, float]:
+        flat = self.vectors.reshape(-1, self.vectors.shape[-1])
+        upper = self._per_subject(self.metric.pool(flat)[None])[0]
+        if self.n_subjects < 2:
+            return float("nan"), float(upper.mean())
+        lower = np.empty(self.n_subjects)
+        for s in range(self.n_subjects):
+            others = np.delete(self.vectors, s, axis=0).reshape(-1, self.vectors.shape[-1])
+            pooled = self.metric.pool(others)
+            sims = self.metric.compare(pooled[None], self.prepared[s * self.n_repeats : (s + 1) * self.n_repeats])
+            lower[s] = sims.mean()
+        return float(lower.mean()), float(upper.mean())
+
+    # -- scoring -------------------------------------------------------------------------------
+    def model_vectors(self, model_rdms: np.ndarray) -> np.ndarray:
+        """Full-size model RDM(s) ``(..., N, N)`` → vectors on the scored images ``(M, P)``."""
+        model_rdms = np.asarray(model_rdms, dtype=np.float64)
+        if model_rdms.ndim == 2:
+            model_rdms = model_rdms[None]
+        return upper_tri(sub_rdm(model_rdms, self.index))
+
+    def raw_values(self, model_rdms: np.ndarray) -> np.ndarray:
+        """Raw score per model RDM ``(M,)`` (cheap: for layer/epoch selection)."""
+        return self._per_subject(self.model_vectors(model_rdms)).mean(axis=1)
+
+    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
+        """Full :class:`Score` per model RDM."""
+        per_subject = self._per_subject(self.model_vectors(model_rdms))
+        return [self._make_score(row) for row in per_subject]
+
+    def score(self, model_rdm: np.ndarray) -> Score:
+        return self.score_many(model_rdm)[0]
+
+    def _make_score(self, per_subject: np.ndarray) -> Score:
+        raw = float(per_subject.mean())
+        lo, hi = percentile_ci(per_subject, self.bootstrap)
+        return Score(
+            raw=raw,
+            per_subject=[float(v) for v in per_subject],
+            ceiling_lower=self.ceiling_lower,
+            ceiling_upper=self.ceiling_upper,
+            normalized=100.0 * raw / self.ceiling_upper if self.ceiling_upper else float("nan"),
+            ci_low=lo,
+            ci_high=hi,
+            n_subjects=self.n_subjects,
+            n_images=len(self.index),
+            convention=self.convention,
+            metric=self.metric.name,
+            rho=raw,
+        )
+
+
+def paired_delta(a: Score, b: Score, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float, float]:
+    """Paired difference ``a - b`` of two scores on the same subjects: (Δ, CI low, CI high)."""
+    diff = np.asarray(a.per_subject) - np.asarray(b.per_subject)
+    lo, hi = percentile_ci(diff, bootstrap_indices(len(diff), samples, seed))
+    return float(diff.mean()), lo, hi
