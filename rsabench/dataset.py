@@ -64,6 +64,10 @@ class Dataset:
     conventions: tuple[str, ...] = ("computed",)
     checksums: dict[str, str] = field(default_factory=dict)
     version: str = "1"
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know once (absent files, dropped groups); shown by the CLI, not errors."""
+    named_splits: dict[str, list[str]] = field(default_factory=dict)
+    """Extra split names for ``rsabench score --split`` (``train-92`` -> the 92 group), beside ``test_splits``."""
 
     def target_names(self) -> list[str]:
         return sorted({t.name for t in self.targets}, key=[t.name for t in self.targets].index)

@@ -79,7 +79,8 @@ class TargetScorer:
         bootstrap_samples: int = BOOTSTRAP_SAMPLES,
     ) -> None:
         rdms = np.asarray(rdms, dtype=np.float64)
-        self.index = np.arange(rdms.shape[-1]) if index is None else np.asarray(index)
+        self.n_full = rdms.shape[-1]
+        self.index = np.arange(self.n_full) if index is None else np.unique(np.asarray(index, dtype=np.int64))
         self.metric = metric
         self.n_subjects, self.n_repeats = rdms.shape[:2]
         self.vectors = upper_tri(sub_rdm(rdms, self.index))  # (S, R, P)
@@ -109,11 +110,20 @@ class TargetScorer:
 
     # -- scoring -------------------------------------------------------------------------------
     def model_vectors(self, model_rdms: np.ndarray) -> np.ndarray:
-        """Full-size model RDM(s) ``(..., N, N)`` → vectors on the scored images ``(M, P)``."""
+        """Model RDM(s) → vectors on the scored images ``(M, P)``.
+
+        Accepts full-size RDMs ``(..., N, N)`` (restricted here to the scored images) or RDMs already
+        computed on just the scored images, in index order ``(..., len(index), len(index))``.
+        """
         model_rdms = np.asarray(model_rdms, dtype=np.float64)
         if model_rdms.ndim == 2:
             model_rdms = model_rdms[None]
-        return upper_tri(sub_rdm(model_rdms, self.index))
+        n = model_rdms.shape[-1]
+        if n == self.n_full:
+            model_rdms = sub_rdm(model_rdms, self.index)
+        elif n != len(self.index):
+            raise ValueError(f"model RDMs are {n}x{n}; expected {self.n_full} (all images) or {len(self.index)} (scored images)")
+        return upper_tri(model_rdms)
 
     def raw_values(self, model_rdms: np.ndarray) -> np.ndarray:
         """Raw score per model RDM ``(M,)`` (cheap: for layer/epoch selection)."""

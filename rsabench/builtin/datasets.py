@@ -11,3 +11,4 @@ def register_datasets(register):
         lazy("rsabench.builtin.kriegeskorte2008:load"),
         summary="Kriegeskorte et al. 2008: human IT fMRI, 4 subjects x 2 sessions, 92 images (embedded)",
     )
+    register("nsd", lazy("rsabench.builtin.nsd:load"), summary="Natural Scenes Dataset (Algonauts 2023 layout): 7T fMRI ROI RDMs, 8 subjects, COCO images (download)")

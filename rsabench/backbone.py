@@ -1,0 +1,211 @@
+"""Backbones: the plugin interface, layer taps through forward hooks, weights and trainable-layer policies.
+
+Layers are named by their module's qualified name (``features.4``), which is also the torchvision FX
+node name of that module's call. Taps run the model only as far as the deepest requested layer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BuiltModel:
+    """A constructed network plus everything a cell must record about it."""
+
+    model: "nn.Module"
+    default_layers: list[str]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights: str = "random"
+    weights_digest: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backbone:
+    """Base class for backbone plugins: subclasses implement :meth:`build`."""
+
+    name: str = ""
+    default_trainable: str = "all"
+
+    def build(self, weights: str = "imagenet", seed: int = 0) -> BuiltModel:
+        raise NotImplementedError
+
+
+def prepare_for_taps(model: "nn.Module") -> "nn.Module":
+    """Turn off in-place activations so a tapped output is never overwritten by the next layer."""
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return model
+
+
+def check_layers(model: "nn.Module", layers: Iterable[str], backbone: str = "") -> list[str]:
+    """Validate layer names against the model's modules; UsageError with suggestions otherwise."""
+    names = [n for n, _ in model.named_modules() if n]
+    known = set(names)
+    layers = list(layers)
+    for layer in layers:
+        if layer not in known:
+            close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UsageError(
+                f"unknown layer {layer!r} for backbone {backbone or type(model).__name__}{hint} "
+                f"(see `rsabench list layers {backbone}`)"
+            )
+    return layers
+
+
+class _EnoughLayers(Exception):
+    """Raised inside a hook to stop the forward pass once every requested layer is captured."""
+
+
+class LayerTaps:
+    """Callable returning ``{layer: output}`` for the requested layers; stops after the deepest one."""
+
+    def __init__(self, model: "nn.Module", layers: Sequence[str]) -> None:
+        self.model = model
+        self.layers = list(dict.fromkeys(layers))
+        self._modules = dict(model.named_modules())
+
+    def __call__(self, x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+        captured: dict[str, "torch.Tensor"] = {}
+        wanted = set(self.layers)
+
+        def make_hook(name: str):
+            def hook(_module, _inputs, output):
+                if name in captured:
+                    return
+                captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+                if wanted.issubset(captured):
+                    raise _EnoughLayers
+
+            return hook
+
+        handles = [self._modules[name].register_forward_hook(make_hook(name)) for name in self.layers]
+        try:
+            self.model(x)
+        except _EnoughLayers:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = wanted.difference(captured)
+        if missing:
+            raise UsageError(f"layers {sorted(missing)} produced no output in a forward pass")
+        return {name: captured[name] for name in self.layers}
+
+
+def call_spans(model: "nn.Module", example: "torch.Tensor") -> dict[str, tuple[int, int]]:
+    """For every named module: (start, end) event numbers of its first call in a forward pass."""
+    import torch
+
+    clock: list[int] = [0]
+    starts: dict[str, int] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    handles = []
+
+    def tick() -> int:
+        clock[0] += 1
+        return clock[0]
+
+    def on_start(name: str) -> None:  # hooks must return None, or they replace the module's input/output
+        starts.setdefault(name, tick())
+
+    def on_end(name: str) -> None:
+        spans.setdefault(name, (starts[name], tick()))
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(lambda m, i, name=name: on_start(name)))
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: on_end(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return spans
+
+
+def trainable_parameters(model: "nn.Module", policy: str, example: "torch.Tensor") -> list["torch.nn.Parameter"]:
+    """Apply a trainable-layer policy (``all``, ``none``, ``up-to:<layer>``, ``from:<layer>``).
+
+    Sets ``requires_grad`` on every parameter and returns the trainable ones. ``up-to:L`` trains the
+    modules that finish no later than L; ``from:L`` those that start no earlier than L (both inclusive).
+    """
+    kind, _, layer = policy.partition(":")
+    if kind in ("all", "none") and not layer:
+        keep = lambda name: kind == "all"  # noqa: E731
+    elif kind in ("up-to", "from") and layer:
+        check_layers(model, [layer])
+        spans = call_spans(model, example)
+        if layer not in spans:
+            raise UsageError(f"invalid --trainable {policy!r}: layer {layer!r} is not called in a forward pass")
+        start, end = spans[layer]
+        if kind == "up-to":
+            keep = lambda name: name in spans and spans[name][1] <= end  # noqa: E731
+        else:
+            keep = lambda name: name in spans and spans[name][0] >= start  # noqa: E731
+    else:
+        raise UsageError(f"invalid --trainable {policy!r}: expected all, none, up-to:<layer> or from:<layer>")
+    params = []
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(bool(keep(name)))
+            if p.requires_grad:
+                params.append(p)
+    return params
+
+
+def resolve_weights_path(weights: str) -> Path | None:
+    """``PATH`` weights → an existing file, else UsageError; ``imagenet``/``random`` → None."""
+    if weights in ("imagenet", "random"):
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--weights {weights}: file not found (expected imagenet, random or a checkpoint file)")
+    return path
+
+
+def load_checkpoint(model: "nn.Module", path: Path) -> None:
+    """Load a local checkpoint (a state dict, or a dict holding one under ``state_dict``/``model``)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"--weights {path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--weights {path}: checkpoint does not fit this backbone ({first})") from None
+
+
+def offline_hint() -> str:
+    return "pass --weights PATH to a local checkpoint, or --weights random"
+
+
+def hub_checkpoint_path(url: str) -> Path:
+    """Where torch.hub caches a downloaded checkpoint (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -1,0 +1,316 @@
+"""The ``rsabench`` command line (Click + rich). Heavy modules are imported inside commands."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import UsageError
+
+DEFAULT_DATASET = "kriegeskorte2008"
+DEFAULT_BACKBONE = "alexnet"
+DEFAULT_OBJECTIVES = ("frozen", "dissim")
+LIST_KINDS = ("datasets", "backbones", "objectives", "metrics", "executors", "layers")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=200)  # pipes and logs: don't squeeze tables
+    return console
+
+
+def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def run_options(func: Callable) -> Callable:
+    """Options shared by ``run`` and ``plan``."""
+    options = [
+        click.option("--dataset", "datasets", multiple=True, metavar="NAME", help=f"dataset (repeatable; default {DEFAULT_DATASET})"),
+        click.option("--backbone", "backbones", multiple=True, metavar="NAME", help=f"backbone (repeatable; default {DEFAULT_BACKBONE})"),
+        click.option("--objective", "objectives", multiple=True, metavar="NAME", help="objective (repeatable; default frozen and dissim)"),
+        click.option("--seed", "seeds", multiple=True, type=int, metavar="N", help="training seed (repeatable; default 0)"),
+        click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets (repeatable; default all)"),
+        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH", help="initial weights"),
+        click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True),
+        click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, metavar="PX"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="learning rate"),
+        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True, help="early stopping after N epochs without validation gain (0 = off)"),
+        click.option("--trainable", default="all", show_default=True, metavar="POLICY", help="all | none | up-to:<layer> | from:<layer>"),
+        click.option("--loss-layer", default="auto", show_default=True, help="layer the objective trains (auto = best frozen layer on validation)"),
+        click.option("--layer", "layers", multiple=True, metavar="NAME", help="layers to score (repeatable; default: the backbone's layer set)"),
+        click.option("--metric", default="spearman", show_default=True, help="RDM comparison metric"),
+        click.option("--val-fraction", type=float, default=0.2, show_default=True, help="fraction of training images held out for validation"),
+        click.option("--test-fraction", type=float, default=0.25, show_default=True, help="fraction of images held out for test (datasets without a test set)"),
+        click.option("--split-seed", type=int, default=0, show_default=True),
+        click.option("--bootstrap-seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda"),
+        click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)"),
+        click.option("--executor", default="local", show_default=True),
+        click.option("--dataset-option", "dataset_options", multiple=True, callback=_key_value, metavar="KEY=VALUE"),
+        click.option("--objective-option", "objective_options", multiple=True, callback=_key_value, metavar="[OBJ.]KEY=VALUE"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _session(kw: dict[str, Any]):
+    from .plugins import get_plugins
+    from .runner import RunOptions, Session
+
+    options = RunOptions(
+        weights=kw["weights"], epochs=kw["epochs"], image_size=kw["image_size"], batch_size=kw["batch_size"],
+        lr=kw["lr"], optimizer=kw["optimizer"], weight_decay=kw["weight_decay"], patience=kw["patience"],
+        trainable=kw["trainable"], loss_layer=kw["loss_layer"], layers=tuple(kw["layers"]), metric=kw["metric"],
+        val_fraction=kw["val_fraction"], test_fraction=kw["test_fraction"], split_seed=kw["split_seed"],
+        bootstrap_seed=kw["bootstrap_seed"], device=kw["device"],
+        data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
+        dataset_options=kw["dataset_options"], objective_options=kw["objective_options"],
+    )
+    plugins = get_plugins()
+    _warn_broken_plugins(plugins)
+    return Session(plugins, options, reporter=RichReporter())
+
+
+def _plan(session, kw: dict[str, Any]):
+    return session.plan(
+        list(kw["datasets"]) or [DEFAULT_DATASET],
+        list(kw["backbones"]) or [DEFAULT_BACKBONE],
+        list(kw["objectives"]) or list(DEFAULT_OBJECTIVES),
+        list(kw["seeds"]) or [0],
+        list(kw["targets"]),
+        kw["runs_dir"],
+    )
+
+
+def _warn_broken_plugins(plugins) -> None:
+    for name, error in plugins.load_errors.items():
+        _console(stderr=True).print(f"[yellow]warning:[/] plugin {name!r} skipped: {error}")
+
+
+class RichReporter:
+    """Progress bars (stderr) for feature extraction and training."""
+
+    def __init__(self) -> None:
+        self.console = _console(stderr=True)
+        self.quiet = not self.console.is_terminal and os.environ.get("RSABENCH_PROGRESS") != "1"
+
+    @contextlib.contextmanager
+    def stage(self, description: str, total: int):
+        if self.quiet:
+            yield lambda n: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]note:[/] {message}")
+
+
+# -- commands -----------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rsabench")
+def cli() -> None:
+    """rsabench: fine-tune and score vision networks against brain RDMs, honestly.
+
+    \b
+    Quick start (offline, embedded data):
+      rsabench run --weights random --image-size 64 --epochs 2
+      rsabench leaderboard
+    """
+
+
+@cli.command()
+@run_options
+@click.option("--force", is_flag=True, help="re-run cells that already have a record")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True, help="format of the summary printed at the end")
+def run(force: bool, fmt: str, **kw: Any) -> None:
+    """Fine-tune and score every combination of the given datasets, backbones, objectives and seeds."""
+    from .leaderboard import collect_rows
+
+    session = _session(kw)
+    cells = _plan(session, kw)
+    executor = session.plugins.executors.get(kw["executor"])()
+    todo = [c for c in cells if force or not c.cached]
+    console = _console(stderr=True)
+    console.print(f"{len(cells)} cell(s), {len(cells) - len(todo)} cached, {len(todo)} to run → {kw['runs_dir']}")
+
+    def done(cell, record) -> None:
+        sel = record["selection"]
+        console.print(
+            f"[green]✓[/] {cell.config['dataset']} / {cell.config['target']} / {cell.config['backbone']} / "
+            f"{cell.config['objective']} / seed {cell.config['seed']}: layer {sel['layer']}, epoch {sel['epoch']} "
+            f"({record['timings']['total_s']:.1f} s)"
+        )
+
+    executor.run(session, todo, done)
+    _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells]), fmt)
+
+
+@cli.command()
+@run_options
+def plan(**kw: Any) -> None:
+    """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
+    from rich.table import Table
+
+    session = _session(kw)
+    cells = _plan(session, kw)
+    table = Table(title="rsabench plan")
+    for col in ("dataset", "target", "backbone", "objective", "seed", "status", "cell"):
+        table.add_column(col)
+    for c in cells:
+        cfg = c.config
+        table.add_row(cfg["dataset"], cfg["target"], cfg["backbone"], cfg["objective"], str(cfg["seed"]), "cached" if c.cached else "to run", c.cell[:12])
+    console = _console()
+    console.print(table)
+    todo = [c for c in cells if not c.cached]
+    trains = sum(1 for c in todo if c.config["trains"])
+    console.print(f"{len(cells)} cell(s): {len(cells) - len(todo)} cached, {len(todo)} to run ({trains} train for {kw['epochs']} epoch(s) each)")
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(LIST_KINDS))
+@click.argument("pattern", required=False, default="*")
+def list_cmd(kind: str | None, pattern: str) -> None:
+    """List registered plugins (wildcards allowed: rsabench list backbones 'vgg*').
+
+    \b
+    rsabench list layers BACKBONE   lists the layers a backbone exposes.
+    """
+    from rich.table import Table
+
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    _warn_broken_plugins(plugins)
+    console = _console()
+    if kind == "layers":
+        _list_layers(plugins, pattern, console)
+        return
+    for k in [kind] if kind else [k for k in LIST_KINDS if k != "layers"]:
+        registry = plugins[k[:-1]]
+        table = Table(title=k, title_justify="left")
+        table.add_column("name")
+        table.add_column("summary")
+        table.add_column("plugin")
+        for name in registry.names(pattern):
+            entry = registry.entries[name]
+            table.add_row(name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""), entry.summary, entry.plugin)
+        for prefix, ns in sorted(registry.namespaces.items()):
+            if ":" in pattern:
+                head, _, rest = pattern.partition(":")
+                if head == prefix:
+                    for name in ns.lister(rest or "*"):
+                        table.add_row(f"{prefix}:{name}", "", ns.plugin)
+            else:
+                table.add_row(f"{prefix}:<name>", ns.summary, ns.plugin)
+        console.print(table)
+
+
+def _list_layers(plugins, backbone: str, console) -> None:
+    if backbone == "*":
+        raise UsageError("rsabench list layers BACKBONE: name a backbone (e.g. alexnet)")
+    built = plugins.backbones.get(backbone)().build(weights="random", seed=0)
+    default = set(built.default_layers)
+    for name, module in built.model.named_modules():
+        if name:
+            mark = "*" if name in default else " "
+            console.print(f"{mark} {name}  [dim]{type(module).__name__}[/]")
+    console.print("[dim]* = default layer set[/]")
+
+
+@cli.command()
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write to a file instead of stdout")
+def leaderboard(runs_dir: Path, fmt: str, output: Path | None) -> None:
+    """Render the leaderboard from a directory of cell records."""
+    from .leaderboard import collect_rows, render
+
+    if not runs_dir.is_dir():
+        raise UsageError(f"--runs-dir {runs_dir}: no such directory (run `rsabench run` first)")
+    rows = collect_rows(runs_dir)
+    if not rows:
+        raise UsageError(f"--runs-dir {runs_dir}: no rsabench records found")
+    if output is not None:
+        text = render(rows, "markdown" if fmt == "table" else fmt)
+        _write_text_atomic(output, text)
+        _console(stderr=True).print(f"wrote {len(rows)} rows to {output}")
+        return
+    _print_rows(rows, fmt)
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    from .leaderboard import render, rich_table
+
+    if fmt == "table":
+        _console().print(rich_table(rows))
+    else:
+        click.echo(render(rows, fmt), nl=False)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- error handling -----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes → one line on stderr, exit 2; failures → exit 1."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment failure, not a user mistake
+        if os.environ.get("RSABENCH_DEBUG"):
+            raise
+        click.echo(f"failed: {type(exc).__name__}: {exc} (set RSABENCH_DEBUG=1 for a traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Scoring conventions: how per-subject values, ceilings and p-values are computed (DESIGN §4).
+
+- ``computed``: rsabench's own. Per-subject value = the metric (mean over repeats); ceilings from the data
+  on exactly the scored pairs, subjects pooled as rsatoolbox's ``pool_rdm`` (:class:`TargetScorer`).
+- ``algonauts2019``: the official Algonauts 2019 devkit (``testSub_fmri.py`` / ``testSub_meg.py``).
+  Per-subject value ``R²_s = (mean_k spearman(model, subject_s session_k))²`` (fMRI: one session), the
+  score is ``R² = mean_s R²_s``, ``%NC = 100·R²/NC`` with the devkit's hard-coded noise ceilings NC, and a
+  track score ``100·mean(R²_a, R²_b) / mean(NC_a, NC_b)``. The devkit's p-value is a two-sided one-sample
+  t-test over subjects of the per-subject **R²** against 0 (``ttest_1samp(corr_squared, 0)``): R² is never
+  negative, so it says little; the signed ρ and a t-test on it are logged beside it (``extra``).
+  Where the devkit has no constant (the hidden TS2 set, a subset of images), NC is computed from the data
+  the way the devkit's constants were: plain subject mean, squared Spearman (they reproduce to 4 decimals).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+from scipy.stats import t as student_t
+
+from .errors import UsageError
+from .scoring import BOOTSTRAP_SAMPLES, CI_LEVEL, Score, TargetScorer, bootstrap_indices
+
+CONVENTIONS: dict[str, str] = {
+    "computed": "metric per subject; noise ceilings computed from the data on the scored pairs (rsatoolbox pooling)",
+    "algonauts2019": "Algonauts 2019 devkit: mean squared Spearman over subjects, % of the devkit's noise ceilings",
+}
+
+# Devkit noise ceilings (R², upper bound), keyed (modality, group, target): testSub_fmri.py / testSub_meg.py.
+DEVKIT_NOISE_CEILINGS: dict[tuple[str, str, str], float] = {
+    ("fmri", "92", "EVC"): 0.1589,
+    ("fmri", "92", "IT"): 0.3075,
+    ("fmri", "118", "EVC"): 0.1048,
+    ("fmri", "118", "IT"): 0.0728,
+    ("fmri", "78", "EVC"): 0.0640,
+    ("fmri", "78", "IT"): 0.0647,
+    ("meg", "92", "MEG-early"): 0.4634,
+    ("meg", "92", "MEG-late"): 0.2275,
+    ("meg", "118", "MEG-early"): 0.3468,
+    ("meg", "118", "MEG-late"): 0.2265,
+    ("meg", "78", "MEG-early"): 0.3562,
+    ("meg", "78", "MEG-late"): 0.4452,
+}
+ALGONAUTS_MODALITY: dict[str, str] = {"algonauts-fmri": "fmri", "algonauts-meg": "meg"}
+DEVKIT_P_VALUE = "two-sided one-sample t-test over subjects of the per-subject R² against 0 (as the devkit)"
+
+
+def ttest_pvalues(values: np.ndarray) -> np.ndarray:
+    """Two-sided one-sample t-test against 0 along the last axis (vectorised ``scipy.stats.ttest_1samp``)."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n = values.shape[-1]
+    if n < 2:
+        return np.full(values.shape[:-1], np.nan)
+    mean = values.mean(axis=-1)
+    sd = values.std(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / (sd / np.sqrt(n))
+    return 2.0 * student_t.sf(np.abs(t), n - 1)
+
+
+def _unit_centered(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=-1, keepdims=True)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def devkit_noise_ceiling(vectors: np.ndarray) -> tuple[float, float]:
+    """(lower, upper) R² ceilings of ``(subjects, repeats, pairs)`` RDM vectors, the devkit way.
+
+    Upper: the model is the plain mean RDM of all subjects (and repeats), scored as a submission:
+    ``mean_s (mean_k spearman(mean, subject_s session_k))²``. Lower: the same against the plain mean of
+    the *other* subjects (leave one subject out).
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    s, r, p = vectors.shape
+    prepared = _unit_centered(rankdata(vectors, axis=-1))  # (S, R, P)
+    pooled = _unit_centered(rankdata(vectors.mean(axis=(0, 1)))[None])[0]
+    upper = float(np.mean(np.einsum("srp,p->sr", prepared, pooled).mean(axis=1) ** 2))
+    if s < 2:
+        return float("nan"), upper
+    per_subject = vectors.sum(axis=1)  # (S, P)
+    others = (per_subject.sum(axis=0)[None] - per_subject) / ((s - 1) * r)
+    others = _unit_centered(rankdata(others, axis=-1))
+    lower = float(np.mean(np.einsum("srp,sp->sr", prepared, others).mean(axis=1) ** 2))
+    return lower, upper
+
+
+class _Scores:
+    """Builds :class:`Score` objects for many models at once (vectorised CIs and p-values)."""
+
+    convention: str
+    metric: Any
+    bootstrap: np.ndarray
+    index: np.ndarray
+    n_subjects: int
+    ceiling_lower: float
+    ceiling_upper: float
+
+    def _build(self, values: np.ndarray, signed: np.ndarray, extra: dict[str, Any]) -> list[Score]:
+        raw = values.mean(axis=1)
+        alpha = (1.0 - CI_LEVEL) / 2.0
+        boot = values[:, self.bootstrap].mean(axis=2)  # (M, B)
+        lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], axis=1)
+        p_values = ttest_pvalues(values)
+        p_rho = ttest_pvalues(signed)
+        scores = []
+        for m in range(len(values)):
+            scores.append(
+                Score(
+                    raw=float(raw[m]),
+                    per_subject=[float(v) for v in values[m]],
+                    ceiling_lower=self.ceiling_lower,
+                    ceiling_upper=self.ceiling_upper,
+                    normalized=100.0 * float(raw[m]) / self.ceiling_upper if self.ceiling_upper else float("nan"),
+                    ci_low=float(lo[m]),
+                    ci_high=float(hi[m]),
+                    n_subjects=self.n_subjects,
+                    n_images=len(self.index),
+                    convention=self.convention,
+                    metric=self.metric.name,
+                    rho=float(signed[m].mean()),
+                    extra={
+                        **extra,
+                        "p_value": float(p_values[m]),
+                        "rho_per_subject": [float(v) for v in signed[m]],
+                        "rho_p_value": float(p_rho[m]),
+                    },
+                )
+            )
+        return scores
+
+
+class ComputedScorer(_Scores, TargetScorer):
+    """:class:`TargetScorer` (convention ``computed``) that also logs a t-test p-value over subjects."""
+
+    convention = "computed"
+
+    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
+        per_subject = self._per_subject(self.model_vectors(model_rdms))
+        extra = {
+            "p_value_test": "two-sided one-sample t-test over subjects of the per-subject value against 0",
+            "ceiling_source": "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)",
+        }
+        return self._build(per_subject, per_subject, extra)
+
+
+class Algonauts2019Scorer(_Scores, TargetScorer):
+    """The devkit's scoring: per-subject ``(mean over sessions of Spearman)²``; see module docstring.
+
+    ``noise_ceiling``: the devkit constant (R²) to normalise by; ``None`` computes it from the data the
+    devkit way (:func:`devkit_noise_ceiling`) on the scored pairs. The lower ceiling is always computed.
+    """
+
+    convention = "algonauts2019"
+
+    def __init__(
+        self,
+        rdms: np.ndarray,
+        metric: Any,
+        index: Sequence[int] | None = None,
+        bootstrap_seed: int = 0,
+        bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+        *,
+        noise_ceiling: float | None = None,
+    ) -> None:
+        if getattr(metric, "name", None) != "spearman":
+            raise UsageError(
+                f"the algonauts2019 convention is defined for the spearman metric, not {getattr(metric, 'name', metric)!r} "
+                "(use --metric spearman, or the computed convention)"
+            )
+        self.noise_ceiling_constant = noise_ceiling
+        self.ceiling_source = (
+            "devkit constant (testSub_*.py)" if noise_ceiling is not None
+            else "computed from the data the devkit way (plain subject mean, squared Spearman) on the scored pairs"
+        )
+        super().__init__(rdms, metric, index, bootstrap_seed, bootstrap_samples)
+
+    def _signed(self, model_vectors: np.ndarray) -> np.ndarray:
+        """``(M, S)`` signed Spearman per subject, averaged over sessions."""
+        return TargetScorer._per_subject(self, model_vectors)
+
+    def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
+        return self._signed(model_vectors) ** 2
+
+    def _ceilings(self) -> tuple[float, float]:
+        lower, upper = devkit_noise_ceiling(self.vectors)
+        self.computed_ceiling_upper = upper
+        if self.noise_ceiling_constant is not None:
+            upper = float(self.noise_ceiling_constant)
+        return lower, upper
+
+    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
+        signed = self._signed(self.model_vectors(model_rdms))
+        extra = {
+            "p_value_test": DEVKIT_P_VALUE,
+            "ceiling_source": self.ceiling_source,
+            "ceiling_upper_from_data": self.computed_ceiling_upper,
+        }
+        return self._build(signed**2, signed, extra)
+
+
+def _resolve_metric(metric: Any) -> Any:
+    if isinstance(metric, str):
+        from .plugins import get_plugins
+
+        return get_plugins().metrics.get(metric)()
+    return metric
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        close = difflib.get_close_matches(convention, list(CONVENTIONS), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UsageError(f"unknown scoring convention {convention!r}{hint} (known: {', '.join(CONVENTIONS)})")
+
+
+def devkit_constant(dataset_name: str, group: str, target: str) -> float | None:
+    """The devkit's hard-coded noise ceiling for an Algonauts 2019 group/target, or None."""
+    modality = ALGONAUTS_MODALITY.get(dataset_name)
+    return DEVKIT_NOISE_CEILINGS.get((modality, group, target)) if modality else None
+
+
+def scorer_for(
+    convention: str,
+    dataset: Any,
+    target: str,
+    group: str,
+    rdms: np.ndarray,
+    metric: Any,
+    index: Sequence[int] | None = None,
+    bootstrap_seed: int = 0,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+) -> TargetScorer:
+    """A scorer for one target/group on the images ``index`` (all when None) under ``convention``.
+
+    ``dataset`` is a :class:`~rsabench.dataset.Dataset` or its name; ``metric`` an object or a registered name.
+    ``algonauts2019`` uses the devkit's constant only when every image of the group is scored.
+    """
+    _check_convention(convention)
+    metric = _resolve_metric(metric)
+    name = dataset if isinstance(dataset, str) else dataset.name
+    if convention == "computed":
+        return ComputedScorer(rdms, metric, index, bootstrap_seed, bootstrap_samples)
+    if name not in ALGONAUTS_MODALITY:
+        raise UsageError(
+            f"the algonauts2019 convention applies to the Algonauts 2019 datasets "
+            f"({', '.join(ALGONAUTS_MODALITY)}), not {name!r}; use the computed convention"
+        )
+    n = np.asarray(rdms).shape[-1]
+    whole = index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n))
+    constant = devkit_constant(name, group, target) if whole else None
+    return Algonauts2019Scorer(
+        rdms, metric, index, bootstrap_seed, bootstrap_samples, noise_ceiling=constant
+    )
+
+
+def track_score(scores: Sequence[Score], bootstrap_seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Score:
+    """The track score over targets (EVC+IT or early+late): ``100·mean(raw) / mean(ceiling_upper)``.
+
+    A ratio of means, not a mean of ratios (devkit). Per-subject values are averaged over targets (the
+    same subjects), which gives the bootstrap CI of the mean raw value; the devkit reports no p-value.
+    """
+    if not scores:
+        raise ValueError("track_score needs at least one score")
+    raw = float(np.mean([s.raw for s in scores]))
+    upper = float(np.mean([s.ceiling_upper for s in scores]))
+    lower = float(np.mean([s.ceiling_lower for s in scores]))
+    n_subjects = {s.n_subjects for s in scores}
+    per_subject: list[float] = []
+    lo = hi = float("nan")
+    if len(n_subjects) == 1:
+        values = np.mean([s.per_subject for s in scores], axis=0)
+        per_subject = [float(v) for v in values]
+        means = values[bootstrap_indices(len(values), samples, bootstrap_seed)].mean(axis=1)
+        alpha = (1.0 - CI_LEVEL) / 2.0
+        lo, hi = (float(v) for v in np.quantile(means, [alpha, 1.0 - alpha]))
+    return Score(
+        raw=raw,
+        per_subject=per_subject,
+        ceiling_lower=lower,
+        ceiling_upper=upper,
+        normalized=100.0 * raw / upper if upper else float("nan"),
+        ci_low=lo,
+        ci_high=hi,
+        n_subjects=max(n_subjects),
+        n_images=max(s.n_images for s in scores),
+        convention=scores[0].convention,
+        metric=scores[0].metric,
+        rho=float(np.mean([s.rho for s in scores])),
+        extra={"p_value": None, "formula": "100 * mean(raw over targets) / mean(ceiling_upper over targets)"},
+    )

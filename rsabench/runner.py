@@ -1,0 +1,386 @@
+"""The honest protocol (DESIGN §6) and the execution of one cell.
+
+Images (never pairs) are split into train / validation / test with a recorded seed. Layer, epoch and the
+loss layer are chosen on validation images only; the test images are scored once, after every choice is
+frozen. The per-layer test table at the final epoch is kept as the selection-free number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import numpy as np
+
+from . import __version__
+from .dataset import Dataset, data_dir as resolve_data_dir
+from .errors import UsageError
+from .plugins import Plugins
+from .records import SCHEMA, config_hash, manifest, read_record, record_path, write_atomic
+from .scoring import TargetScorer
+
+VALIDATION_CONVENTION = "computed"
+
+
+# -- options and cells --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunOptions:
+    """Options shared by every cell of a run (CLI flags)."""
+
+    weights: str = "imagenet"
+    epochs: int = 10
+    image_size: int = 224
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    patience: int = 0
+    trainable: str = "all"
+    loss_layer: str = "auto"
+    layers: tuple[str, ...] = ()
+    metric: str = "spearman"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    bootstrap_seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    dataset_options: tuple[tuple[str, str], ...] = ()
+    objective_options: tuple[tuple[str, str], ...] = ()
+
+    def validate(self) -> None:
+        if self.image_size < 16:
+            raise UsageError(f"--image-size must be >= 16 pixels, got {self.image_size}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise UsageError("--val-fraction and --test-fraction must lie in (0, 1) and sum to less than 1")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UsageError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass
+class PlannedCell:
+    """One (dataset, target, backbone, objective, seed) combination, resolved and hashed."""
+
+    config: dict[str, Any]
+    cell: str
+    path: Path
+    cached: bool
+
+
+class Reporter:
+    """Progress reporting; the CLI subclasses it with rich progress bars."""
+
+    def stage(self, description: str, total: int) -> ContextManager[Callable[[int], None]]:
+        return contextlib.nullcontext(lambda n: None)
+
+    def note(self, message: str) -> None:
+        pass
+
+
+# -- protocol: splits ---------------------------------------------------------------------------
+def split_images(dataset: Dataset, seed: int, val_fraction: float, test_fraction: float) -> dict[str, dict[str, np.ndarray]]:
+    """Per training group: sorted image indices for ``train``, ``validation`` and (held-out datasets) ``test``."""
+    holdout = not dataset.test_splits
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for group in dataset.train_groups:
+        n = dataset.groups[group].n
+        rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
+        perm = rng.permutation(n)
+        n_test = int(round(n * test_fraction)) if holdout else 0
+        n_val = int(round(n * val_fraction))
+        parts = {"test": perm[:n_test], "validation": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+        if holdout and n_test < 3 or n_val < 3 or len(parts["train"]) < 2:
+            raise UsageError(
+                f"dataset {dataset.name!r}, group {group!r}: {n} images are too few for the split fractions "
+                "(need >= 3 validation, >= 3 test and >= 2 training images)"
+            )
+        splits[group] = {k: np.sort(v) for k, v in parts.items() if len(v) or k != "test"}
+    return splits
+
+
+def test_sets(dataset: Dataset, splits: dict[str, dict[str, np.ndarray]]) -> list[tuple[str, str, np.ndarray]]:
+    """(split name, group, image indices) scored once at the end."""
+    if not dataset.test_splits:
+        return [("test", g, s["test"]) for g, s in splits.items()]
+    out = []
+    for name, groups in dataset.test_splits.items():
+        for g in groups:
+            if dataset.groups[g].load_images is not None:
+                out.append((name, g, np.arange(dataset.groups[g].n)))
+    return out
+
+
+# -- scorers --------------------------------------------------------------------------------------
+def make_scorer(convention: str, dataset: Dataset, target: str, group: str, metric: Any, index: np.ndarray, bootstrap_seed: int) -> TargetScorer:
+    """A scorer for one target/group/images under a named convention."""
+    rdms = dataset.target(target, group).rdms
+    if convention == "computed":
+        return TargetScorer(rdms, metric, index, bootstrap_seed=bootstrap_seed)
+    from .conventions import scorer_for
+
+    return scorer_for(convention, dataset=dataset, target=target, group=group, rdms=rdms, metric=metric, index=index, bootstrap_seed=bootstrap_seed)
+
+
+# -- the session: caches shared by the cells of one run ----------------------------------------------
+@dataclass
+class Session:
+    plugins: Plugins
+    options: RunOptions
+    reporter: Reporter = field(default_factory=Reporter)
+    _datasets: dict[str, Dataset] = field(default_factory=dict)
+    _images: dict[tuple, Any] = field(default_factory=dict)
+
+    def dataset(self, name: str) -> Dataset:
+        name = self.plugins.datasets.canonical(name)
+        if name not in self._datasets:
+            factory = self.plugins.datasets.get(name)
+            ds = factory(resolve_data_dir(self.options.data_dir), **dict(self.options.dataset_options))
+            ds.validate()
+            for note in getattr(ds, "notes", []) or []:
+                self.reporter.note(f"{name}: {note}")
+            self._datasets[name] = ds
+        return self._datasets[name]
+
+    def images(self, dataset: Dataset, group: str, size: int, mean: tuple, std: tuple):
+        from .images import preprocess
+
+        key = (dataset.name, group, size, mean, std)
+        if key not in self._images:
+            loader = dataset.groups[group].load_images
+            if loader is None:
+                raise UsageError(f"dataset {dataset.name!r}: group {group!r} has no images")
+            self._images[key] = preprocess(loader(), size, mean, std)
+        return self._images[key]
+
+    # -- planning ---------------------------------------------------------------------------------
+    def plan(
+        self,
+        datasets: list[str],
+        backbones: list[str],
+        objectives: list[str],
+        seeds: list[int],
+        targets: list[str],
+        runs_dir: Path,
+    ) -> list[PlannedCell]:
+        """Resolve and hash every combination; nothing is trained."""
+        o = self.options
+        o.validate()
+        metric_name = self.plugins.metrics.canonical(o.metric)
+        backbones = [self.plugins.backbones.canonical(b) for b in backbones]
+        objectives = [self.plugins.objectives.canonical(x) for x in objectives]
+        obj_options = dict(o.objective_options)
+        for name in objectives:  # fail on bad options before anything runs
+            self.plugins.objectives.get(name)(**obj_options_for(name, obj_options))
+        cells = []
+        for ds_name in datasets:
+            ds = self.dataset(ds_name)
+            names = ds.target_names()
+            unknown = [t for t in targets if t not in names]
+            if targets and len(unknown) == len(targets):
+                raise UsageError(f"--target {', '.join(unknown)}: dataset {ds.name!r} has targets {', '.join(names)}")
+            chosen = [t for t in names if not targets or t in targets]
+            for target, backbone, objective, seed in itertools.product(chosen, backbones, objectives, seeds):
+                config = self.resolve(ds, target, backbone, objective, seed, metric_name, obj_options)
+                cell = config_hash(config)
+                path = record_path(runs_dir, config, cell)
+                cells.append(PlannedCell(config, cell, path, read_record(path) is not None))
+        return cells
+
+    def resolve(self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str, obj_options: dict) -> dict[str, Any]:
+        """The full resolved config of a cell: everything its numbers depend on."""
+        from .backbone import resolve_weights_path
+        from .dataset import sha256_file
+
+        o = self.options
+        weights_path = resolve_weights_path(o.weights)
+        obj = self.plugins.objectives.get(objective)(**obj_options_for(objective, obj_options))
+        return {
+            "dataset": ds.name,
+            "dataset_version": ds.version,
+            "dataset_options": dict(o.dataset_options),
+            "data_checksums": ds.checksums,
+            "target": target,
+            "backbone": backbone,
+            "weights": o.weights if weights_path is None else str(weights_path),
+            "weights_sha256": sha256_file(weights_path) if weights_path else None,
+            "objective": objective,
+            "objective_options": obj.options(),
+            "trains": obj.trains,
+            "seed": seed,
+            "image_size": o.image_size,
+            "layers": list(o.layers),
+            "loss_layer": o.loss_layer if obj.trains else None,
+            "train": (
+                {k: getattr(o, k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "patience", "trainable")}
+                if obj.trains
+                else None
+            ),
+            "target_normalization": obj.target_normalization(ds.target_normalization) if obj.trains else None,
+            "metric": metric,
+            "conventions": list(ds.conventions),
+            "split": {"seed": o.split_seed, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction if not ds.test_splits else None},
+            "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
+            "code": {"rsabench": __version__, "plugins": dict(sorted(self.plugins.versions.items()))},
+        }
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, planned: PlannedCell) -> dict[str, Any]:
+        """Run one cell and write its record atomically; returns the record."""
+        record = run_cell(self, planned.config, planned.cell)
+        write_atomic(planned.path, record)
+        return record
+
+
+def obj_options_for(objective: str, options: dict[str, str]) -> dict[str, Any]:
+    """``--objective-option`` values: ``key=value`` applies to every objective, ``name.key=value`` to one."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name, dot, sub = key.partition(".")
+        if dot and name == objective:
+            out[sub] = value
+        elif not dot:
+            out[key] = value
+    return out
+
+
+def resolve_device(option: str) -> str:
+    import torch
+
+    if option == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if option.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return option
+
+
+def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, Any]:
+    """Fine-tune (or not) and score one cell; returns its result record."""
+    import torch
+
+    from .training import TrainSettings, extract_rdms, train
+    from .objective import training_target
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    o = session.options
+    plugins = session.plugins
+    reporter = session.reporter
+    device = resolve_device(o.device)
+    ds = session.dataset(config["dataset"])
+    target = config["target"]
+    metric = plugins.metrics.get(config["metric"])()
+    objective = plugins.objectives.get(config["objective"])(**obj_options_for(config["objective"], dict(o.objective_options)))
+    seed = config["seed"]
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    built = plugins.backbones.get(config["backbone"])().build(weights=o.weights, seed=seed)
+    model = built.model.to(device)
+    layers = list(config["layers"]) or built.default_layers
+    from .backbone import check_layers
+
+    check_layers(model, layers, config["backbone"])
+
+    splits = split_images(ds, o.split_seed, o.val_fraction, o.test_fraction)
+    groups = [g for g in ds.train_groups if ds.target(target, g) is not None]
+    if not groups:
+        raise UsageError(f"dataset {ds.name!r}: target {target!r} has no training group with images")
+    images = {g: session.images(ds, g, config["image_size"], built.mean, built.std) for g in groups}
+    val_scorers = {g: make_scorer(VALIDATION_CONVENTION, ds, target, g, metric, splits[g]["validation"], o.bootstrap_seed) for g in groups}
+    timings["setup_s"] = time.perf_counter() - t_start
+
+    curves: list[dict[str, Any]] = []
+    best_layer_at: dict[int, str] = {}
+
+    def evaluate(epoch: int) -> float:
+        per_layer = np.zeros(len(layers))
+        for g in groups:
+            idx = splits[g]["validation"]
+            with reporter.stage(f"validation {g} (epoch {epoch})", len(idx)) as advance:
+                rdms = extract_rdms(model, layers, images[g][idx], o.batch_size, device, advance)
+            raw = val_scorers[g].raw_values(rdms)
+            per_layer += raw / len(groups)
+            curves.extend({"epoch": epoch, "group": g, "layer": layer, "raw": float(v)} for layer, v in zip(layers, raw))
+        best_layer_at[epoch] = layers[int(np.argmax(per_layer))]
+        return float(per_layer.max())
+
+    t0 = time.perf_counter()
+    selection: dict[str, Any] = {"criterion": f"mean validation {config['metric']} over groups ({VALIDATION_CONVENTION})"}
+    train_info: dict[str, Any] | None = None
+    final_state_rdms: dict[tuple[str, str], np.ndarray] = {}
+    tests = test_sets(ds, splits)
+    if not objective.trains:
+        value = evaluate(0)
+        selection.update(epoch=0, layer=best_layer_at[0], validation=value)
+    else:
+        loss_layer = config["loss_layer"]
+        if loss_layer == "auto":
+            evaluate(0)
+            loss_layer = best_layer_at[0]
+        else:
+            check_layers(model, [loss_layer], config["backbone"])
+        norm = config["target_normalization"]
+        targets = {
+            g: torch.from_numpy(training_target(ds.target(target, g).rdms, norm, splits[g]["train"])).float() for g in groups
+        }
+        pairs = np.concatenate([t.numpy()[np.ix_(splits[g]["train"], splits[g]["train"])][np.triu_indices(len(splits[g]["train"]), 1)] for g, t in targets.items()])
+        objective.setup(pairs)
+        settings = TrainSettings(**config["train"])
+        settings.validate()
+        n_train = sum(len(splits[g]["train"]) for g in groups)
+        curves.clear()
+        best_layer_at.clear()
+        with reporter.stage(f"training {config['objective']} on {loss_layer}", n_train * settings.epochs) as advance:
+            result = train(model, loss_layer, objective, images, {g: splits[g]["train"] for g in groups}, targets, settings, seed, evaluate, device, advance)
+        # selection-free numbers: the final epoch, every layer
+        final_state_rdms = {(name, g): _test_rdms(session, ds, g, idx, built, layers, config, device) for name, g, idx in tests}
+        model.load_state_dict(result.best_state)
+        selection.update(epoch=result.best_epoch, layer=best_layer_at[result.best_epoch], validation=result.best_value, loss_layer=loss_layer)
+        train_info = {"epochs_run": result.epochs_run, "train_loss": result.train_loss, "target_normalization": norm}
+    timings["train_select_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    chosen = layers.index(selection["layer"])
+    scores: list[dict[str, Any]] = []
+    per_layer: list[dict[str, Any]] = []
+    for name, g, idx in tests:
+        if ds.target(target, g) is None:
+            continue
+        rdms = _test_rdms(session, ds, g, idx, built, layers, config, device)
+        final = final_state_rdms.get((name, g), rdms)
+        for convention in ds.conventions:
+            scorer = make_scorer(convention, ds, target, g, metric, idx, o.bootstrap_seed)
+            s = scorer.score(rdms[chosen])
+            scores.append({"split": name, "group": g, "convention": convention, "layer": selection["layer"], "epoch": selection["epoch"], "score": s.to_dict()})
+            for layer, ls in zip(layers, scorer.score_many(final)):
+                per_layer.append({"split": name, "group": g, "convention": convention, "layer": layer, "epoch": train_info["epochs_run"] if train_info else 0, "score": ls.to_dict()})
+    timings["test_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    return {
+        "schema": SCHEMA,
+        "cell": cell,
+        "config": config,
+        "selection": selection,
+        "scores": scores,
+        "per_layer_final": per_layer,
+        "curves": {"validation": curves, "training": train_info},
+        "splits": {g: {k: [int(i) for i in v] for k, v in s.items()} for g, s in splits.items()},
+        "timings": timings,
+        "manifest": manifest(device, plugins.versions, {"weights_digest": built.weights_digest, "seeds": {"cell": seed, "split": o.split_seed, "bootstrap": o.bootstrap_seed}, "data_checksums": ds.checksums}),
+    }
+
+
+def _test_rdms(session: Session, ds: Dataset, group: str, idx: np.ndarray, built: Any, layers: list[str], config: dict, device: str) -> np.ndarray:
+    from .training import extract_rdms
+
+    imgs = session.images(ds, group, config["image_size"], built.mean, built.std)[idx]
+    with session.reporter.stage(f"test features {group}", len(idx)) as advance:
+        return extract_rdms(built.model, layers, imgs, session.options.batch_size, device, advance)
