@@ -155,6 +155,7 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
     cells = _plan(session, kw)
     executor = session.plugins.executors.get(kw["executor"])()
     todo = [c for c in cells if force or not c.cached]
+    session.preflight(todo)
     console = _console(stderr=True)
     console.print(f"{len(cells)} cell(s), {len(cells) - len(todo)} cached, {len(todo)} to run → {kw['runs_dir']}")
 

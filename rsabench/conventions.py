@@ -44,6 +44,8 @@ DEVKIT_NOISE_CEILINGS: dict[tuple[str, str, str], float] = {
     ("meg", "78", "MEG-early"): 0.3562,
     ("meg", "78", "MEG-late"): 0.4452,
 }
+OFFICIAL_SIZES: dict[str, int] = {"92": 92, "118": 118, "78": 78}
+"""Images per group in the release: a devkit constant applies only to RDMs of that size (the official data)."""
 ALGONAUTS_MODALITY: dict[str, str] = {"algonauts-fmri": "fmri", "algonauts-meg": "meg"}
 DEVKIT_P_VALUE = "two-sided one-sample t-test over subjects of the per-subject R² against 0 (as the devkit)"
 
@@ -237,7 +239,8 @@ def scorer_for(
     """A scorer for one target/group on the images ``index`` (all when None) under ``convention``.
 
     ``dataset`` is a :class:`~rsabench.dataset.Dataset` or its name; ``metric`` an object or a registered name.
-    ``algonauts2019`` uses the devkit's constant only when every image of the group is scored.
+    ``algonauts2019`` uses the devkit's constant only when every image of an official-size group is scored;
+    otherwise the ceiling is computed from the data the devkit way on the scored pairs.
     """
     _check_convention(convention)
     metric = _resolve_metric(metric)
@@ -250,7 +253,7 @@ def scorer_for(
             f"({', '.join(ALGONAUTS_MODALITY)}), not {name!r}; use the computed convention"
         )
     n = np.asarray(rdms).shape[-1]
-    whole = index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n))
+    whole = OFFICIAL_SIZES.get(group) == n and (index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n)))
     constant = devkit_constant(name, group, target) if whole else None
     return Algonauts2019Scorer(
         rdms, metric, index, bootstrap_seed, bootstrap_samples, noise_ceiling=constant

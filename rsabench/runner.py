@@ -60,6 +60,9 @@ class RunOptions:
             raise UsageError("--val-fraction and --test-fraction must lie in (0, 1) and sum to less than 1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        kind, _, layer = self.trainable.partition(":")
+        if not ((kind in ("all", "none") and not layer) or (kind in ("up-to", "from") and layer)):
+            raise UsageError(f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>")
 
 
 @dataclass
@@ -227,6 +230,19 @@ class Session:
             "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
             "code": {"rsabench": __version__, "plugins": dict(sorted(self.plugins.versions.items()))},
         }
+
+    def preflight(self, cells: list[PlannedCell]) -> None:
+        """Check what only a built network can tell (weights available, layer names) before any cell runs."""
+        from .backbone import check_layers
+
+        o = self.options
+        for backbone in dict.fromkeys(c.config["backbone"] for c in cells):
+            built = self.plugins.backbones.get(backbone)().build(weights=o.weights, seed=0)
+            named = list(o.layers)
+            if any(c.config["trains"] for c in cells if c.config["backbone"] == backbone):
+                named += [o.loss_layer] if o.loss_layer != "auto" else []
+                named += [o.trainable.partition(":")[2]] if ":" in o.trainable else []
+            check_layers(built.model, named, backbone)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, planned: PlannedCell) -> dict[str, Any]:

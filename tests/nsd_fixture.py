@@ -96,7 +96,8 @@ def make_nsd_fixture(
         img_dir = root / subj / "training_split" / "training_images"
         img_dir.mkdir(parents=True)
         for row, nsd_id in enumerate(ids):
-            Image.fromarray(_image(nsd_id, seed, image_size)).save(img_dir / f"train-{row + 1:04d}_nsd-{nsd_id:05d}.png")
+            name = f"train-{row + 1:04d}_nsd-{nsd_id:05d}.png"
+            Image.fromarray(_image(nsd_id, seed, image_size)).save(img_dir / name)
 
         latent = np.stack([np.random.default_rng([seed, 3, i]).normal(size=LATENT) for i in ids])
         n_vert = {"lh": vertices[0] + k, "rh": vertices[1] + 2 * k}

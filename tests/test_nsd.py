@@ -15,6 +15,7 @@ from PIL import Image
 from scipy.spatial.distance import pdist, squareform
 
 from nsd_fixture import CLASSES, LH_ONLY_EMPTY, make_nsd_fixture
+from rsabench import testing
 from rsabench.builtin import nsd
 from rsabench.errors import DataError, UsageError
 from rsabench.plugins import build_plugins
@@ -160,6 +161,12 @@ def test_registered_and_loadable_through_the_registry(small):
     assert ds.name == "nsd" and [t.name for t in ds.targets] == ["PPA"]
 
 
+def test_plugin_contract_on_the_fixture(small):
+    data_dir, _ = small
+    testing.check_dataset(nsd.load, data_dir)
+    testing.check_dataset(lambda d: nsd.load(d, images="per-subject"), data_dir)
+
+
 def test_describe_and_missing_files(small):
     data_dir, fx = small
     info = nsd.describe()
@@ -212,7 +219,8 @@ def test_nan_in_selected_vertices(small):
 
 
 def test_data_dir_without_nsd(tmp_path):
-    with pytest.raises(DataError, match=r"no NSD data under .*nsd: expected subjXX/training_split.*rsabench data info nsd"):
+    message = r"no NSD data under .*nsd: expected subjXX/training_split.*rsabench data info nsd"
+    with pytest.raises(DataError, match=message):
         nsd.load(tmp_path)
     (tmp_path / "nsd").mkdir()
     with pytest.raises(DataError, match="no NSD subject folders"):
@@ -223,7 +231,7 @@ def test_empty_roi_skipped_by_default_error_when_named(tmp_path):
     fx = make_nsd_fixture(tmp_path, subjects=2, images_per_subject=6, shared=4, empty_rois={"subj02": ["RSC"]})
     ds = nsd.load(tmp_path)
     assert "RSC" not in ds.target_names() and "PPA" in ds.target_names()
-    assert "RSC (shared: empty in subj02)" in ds.description
+    assert ds.notes == ["ROI 'RSC' skipped in group 'shared': fewer than 2 vertices (lh+rh) in subj02"]
     per = nsd.load(tmp_path, images="per-subject")
     assert per.target("RSC", "subj01") is not None and per.target("RSC", "subj02") is None
     with pytest.raises(DataError, match=r"ROI 'RSC' has 0 vertices .*subj02"):

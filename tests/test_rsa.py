@@ -132,10 +132,11 @@ def test_correlation_rdm_symmetric_zero_diagonal(impl):
     assert np.all(np.diag(r) == 0.0)
 
 
+@pytest.mark.parametrize("fill", [0.0, 0.7], ids=["all-zero", "constant"])
 @pytest.mark.parametrize("impl", ["torch32", "torch64", "numpy"])
-def test_correlation_rdm_all_zero_map(impl):
+def test_correlation_rdm_all_zero_map(impl, fill):
     x = structured_features(np.random.default_rng(4), (6, 3, 4, 4))
-    x[2] = 0.0
+    x[2] = fill
     if impl == "numpy":
         r = correlation_rdm_numpy(x)
     else:

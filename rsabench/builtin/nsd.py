@@ -25,7 +25,7 @@ file name) and a group's image ids are ``nsd-XXXXX`` sorted by NSD id. The file 
 
 ``max_images`` keeps the first N images of each group by NSD id (0 = all). An ROI with fewer than
 ``MIN_VERTICES`` vertices (lh+rh) in a subject is skipped when ``rois`` is empty (shared: for all subjects;
-listed in the description) and is an error when asked for by name. ``max_rdm_gb`` guards memory: RDMs are
+reported in ``Dataset.notes``) and is an error when asked for by name. ``max_rdm_gb`` guards memory: RDMs are
 float64 and n² grows fast (all ~9,800 images of one subject need 0.77 GB per ROI).
 
 Every fMRI array is memory-mapped; only the selected rows and the needed ROI columns are read, once.
@@ -206,7 +206,7 @@ def _parse_subjects(value: object, available: list[str], root: Path) -> list[str
             )
         if name not in chosen:
             chosen.append(name)
-    return chosen
+    return sorted(chosen)
 
 
 def _parse_int(value: object, option: str) -> int:
@@ -360,20 +360,23 @@ def _subject_rois(root: Path, subj: str, specs: list[RoiSpec], n_vertices: dict[
 
 def _rdm(x: np.ndarray) -> np.ndarray:
     """``1 - pearson`` between rows, float64 (equals scipy ``pdist(x, "correlation")``)."""
-    z = np.asarray(x, dtype=np.float64)
-    z = z - z.mean(axis=1, keepdims=True)
+    z = np.array(x, dtype=np.float64)
+    z -= z.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(z, axis=1, keepdims=True)
     z /= np.where(norm > 0, norm, 1.0)  # a constant row has distance 1 to everything (as rsa.correlation_rdm)
-    rdm = 1.0 - z @ z.T
-    rdm = 0.5 * (rdm + rdm.T)
+    gram = z @ z.T
+    rdm = 1.0 - 0.5 * (gram + gram.T)
     np.fill_diagonal(rdm, 0.0)
     return rdm
 
 
 def _subject_rdms(
-    root: Path, images: SubjectImages, nsd_ids: list[int], specs: list[RoiSpec]
-) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str]]:
-    """RDMs of one subject for the given images (in order) and ROI specs; also vertex counts and checksums."""
+    root: Path, images: SubjectImages, nsd_ids: list[int], specs: list[RoiSpec], out: dict[str, np.ndarray], k: int
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Write one subject's RDMs (images in order) into ``out[roi][k, 0]``; return vertex counts and checksums.
+
+    An ROI with fewer than ``MIN_VERTICES`` vertices is left unwritten (its count says so).
+    """
     subj = images.subject
     fmri_dir = root / subj / "training_split" / "training_fmri"
     n_images = len(images.rows)
@@ -390,22 +393,21 @@ def _subject_rdms(
         if not np.all(np.isfinite(block)):
             bad = int(np.count_nonzero(~np.isfinite(block)))
             raise DataError(f"nsd: {fmri_dir / f'{h}_training_fmri.npy'} has {bad} NaN/inf values in the ROI vertices")
-        digest = hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()
+        digest = hashlib.sha256(np.ascontiguousarray(block).data).hexdigest()
         checksums[f"{subj}/training_split/training_fmri/{h}_training_fmri.npy[selected]"] = digest
         blocks[h] = block
         for s in specs:
             positions[s.name][h] = np.searchsorted(union, rois.columns[s.name][h])
     names = "\n".join(images.files[i].name for i in nsd_ids)
     checksums[f"{subj}/training_split/training_images[names]"] = hashlib.sha256(names.encode()).hexdigest()
-    rdms: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for s in specs:
         counts[s.name] = sum(len(positions[s.name][h]) for h in HEMIS)
         if counts[s.name] < MIN_VERTICES:
             continue
         x = np.concatenate([blocks[h][:, positions[s.name][h]] for h in HEMIS], axis=1)
-        rdms[s.name] = _rdm(x)
-    return rdms, counts, checksums
+        out[s.name][k, 0] = _rdm(x)
+    return counts, checksums
 
 
 def _image_loader(files: list[Path]):
@@ -496,26 +498,29 @@ def load(
     for group, (subs, ids) in selection.items():
         files = [scans[subs[0]].files[i] for i in ids]
         groups[group] = StimulusGroup(group, [f"nsd-{i:05d}" for i in ids], load_images=_image_loader(files))
-        per_subject: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
+        n = len(ids)
+        stacks = {s.name: np.empty((len(subs), 1, n, n)) for s in specs}
         too_small: dict[str, list[str]] = {}
-        for subj in subs:
-            rdms, counts, sums = _subject_rdms(root, scans[subj], ids, specs)
+        for k, subj in enumerate(subs):
+            counts, sums = _subject_rdms(root, scans[subj], ids, specs, stacks, k)
             checksums.update(sums)
             for s in specs:
-                if s.name in rdms:
-                    per_subject[s.name].append(rdms[s.name])
-                else:
-                    if s.explicit:
-                        raise DataError(
-                            f"nsd: ROI {s.name!r} has {counts[s.name]} vertices (lh+rh) in "
-                            f"{root / subj / 'roi_masks'}: at least {MIN_VERTICES} are needed"
-                        )
-                    too_small.setdefault(s.name, []).append(subj)
+                if counts[s.name] >= MIN_VERTICES:
+                    continue
+                if s.explicit:
+                    raise DataError(
+                        f"nsd: ROI {s.name!r} has {counts[s.name]} vertices (lh+rh) in "
+                        f"{root / subj / 'roi_masks'}: at least {MIN_VERTICES} are needed"
+                    )
+                too_small.setdefault(s.name, []).append(subj)
         for s in specs:
+            stack = stacks.pop(s.name)
             if s.name in too_small:
-                skipped.append(f"{s.name} ({group}: empty in {', '.join(too_small[s.name])})")
+                skipped.append(
+                    f"ROI {s.name!r} skipped in group {group!r}: fewer than {MIN_VERTICES} vertices (lh+rh) in "
+                    f"{', '.join(too_small[s.name])}"
+                )
                 continue
-            stack = np.stack(per_subject[s.name])[:, None]
             source = f"{root} ({group}, ROI {s.name}, subjects {', '.join(subs)})"
             targets.append(Target(s.name, group, stack, kind="1-pearson", source=source))
 
@@ -526,8 +531,6 @@ def load(
         f"NSD (Algonauts 2023) 7T fMRI ROI RDMs, 1 - Pearson across lh+rh vertices; subjects "
         f"{', '.join(chosen)}; images={mode} ({n_desc})."
     )
-    if skipped:
-        description += f" ROIs skipped (< {MIN_VERTICES} vertices): {'; '.join(skipped)}."
     return Dataset(
         name=NAME,
         groups=groups,
@@ -540,6 +543,7 @@ def load(
         target_normalization="none",
         conventions=("computed",),
         checksums=checksums,
+        notes=skipped,
     )
 
 

@@ -1,0 +1,99 @@
+"""The plugin contract: checks every registered plugin must pass (used by tests/test_contract.py).
+
+Third-party plugin authors can run ``pytest --pyargs rsabench`` equivalents by calling these on their plugin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+
+def check_dataset(factory: Any, data_dir: Path | None) -> None:
+    """Loads, validates, has targets on groups with image ids; images (when present) are uint8 (n, H, W, 3)."""
+    ds = factory(data_dir)
+    ds.validate()
+    assert ds.targets and ds.train_groups
+    for group in ds.train_groups:
+        g = ds.groups[group]
+        assert len(g.ids) == g.n and len(set(g.ids)) == g.n, f"{ds.name}: duplicate image ids in {group}"
+        if g.load_images is not None:
+            images = g.load_images()
+            assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == g.n and images.shape[-1] == 3
+    assert ds.citation and ds.license, f"{ds.name}: citation and license are required"
+
+
+def check_backbone(factory: Any, image_size: int = 64) -> None:
+    """Builds with random weights; every default layer produces a finite output; seeded init is reproducible."""
+    import torch
+
+    from .backbone import LayerTaps
+
+    backbone = factory()
+    a = backbone.build(weights="random", seed=0)
+    b = backbone.build(weights="random", seed=0)
+    assert a.default_layers, "a backbone must declare default layers"
+    x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out_a = LayerTaps(a.model.eval(), a.default_layers)(x)
+        out_b = LayerTaps(b.model.eval(), b.default_layers)(x)
+    for layer in a.default_layers:
+        assert torch.isfinite(out_a[layer]).all(), f"layer {layer} is not finite"
+        assert torch.equal(out_a[layer], out_b[layer]), f"random init with the same seed differs at {layer}"
+    assert len(a.mean) == 3 and len(a.std) == 3
+
+
+def check_objective(factory: Any) -> None:
+    """A training objective returns a finite scalar whose gradient reaches the features."""
+    import torch
+
+    objective = factory()
+    if not objective.trains:
+        return
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(6, 4, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    d = torch.rand(6, 6, generator=gen, dtype=torch.float64)
+    target = (d + d.T) / 2 * (1 - torch.eye(6, dtype=torch.float64))
+    i, j = np.triu_indices(6, 1)
+    objective.setup(target.numpy()[i, j])
+    loss = objective.loss(features, target)
+    assert loss.ndim == 0 and torch.isfinite(loss), "loss must be a finite scalar"
+    loss.backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
+
+
+def check_metric(factory: Any) -> None:
+    """``compare`` agrees with the metric's own slow ``reference`` on random and tied data."""
+    metric = factory()
+    rng = np.random.default_rng(0)
+    subjects = rng.random((3, 45))
+    subjects[1] = np.round(subjects[1], 1)  # ties
+    model = rng.random(45)
+    got = metric.compare(model[None], metric.prepare(subjects))[0]
+    want = [metric.reference(model, s) for s in subjects]
+    np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def check_executor(factory: Any) -> None:
+    """An executor runs every cell given to it once and reports each."""
+
+    class FakeSession:
+        def __init__(self) -> None:
+            self.ran: list[int] = []
+
+        def run(self, cell: Any) -> dict:
+            self.ran.append(cell)
+            return {"cell": cell}
+
+    session, seen = FakeSession(), []
+    factory().run(session, [1, 2, 3], lambda cell, record: seen.append((cell, record["cell"])))
+    assert sorted(session.ran) == [1, 2, 3] and sorted(seen) == [(1, 1), (2, 2), (3, 3)]
+
+
+def skip_reason(exc: Exception) -> str | None:
+    """Missing external data is a reason to skip a dataset's contract check, not a failure."""
+    return str(exc) if isinstance(exc, UsageError) else None
