@@ -69,16 +69,19 @@ def _unit_centered(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def devkit_noise_ceiling(vectors: np.ndarray) -> tuple[float, float]:
+def devkit_noise_ceiling(vectors: np.ndarray, prepared: np.ndarray | None = None) -> tuple[float, float]:
     """(lower, upper) R² ceilings of ``(subjects, repeats, pairs)`` RDM vectors, the devkit way.
 
     Upper: the model is the plain mean RDM of all subjects (and repeats), scored as a submission:
     ``mean_s (mean_k spearman(mean, subject_s session_k))²``. Lower: the same against the plain mean of
-    the *other* subjects (leave one subject out).
+    the *other* subjects (leave one subject out). ``prepared``: the vectors' centred, unit-norm ranks
+    (``SpearmanMetric.prepare``), when already computed.
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     s, r, p = vectors.shape
-    prepared = _unit_centered(rankdata(vectors, axis=-1))  # (S, R, P)
+    if prepared is None:
+        prepared = _unit_centered(rankdata(vectors, axis=-1))
+    prepared = np.asarray(prepared).reshape(s, r, p)
     pooled = _unit_centered(rankdata(vectors.mean(axis=(0, 1)))[None])[0]
     upper = float(np.mean(np.einsum("srp,p->sr", prepared, pooled).mean(axis=1) ** 2))
     if s < 2:
@@ -188,7 +191,7 @@ class Algonauts2019Scorer(_Scores, TargetScorer):
         return self._signed(model_vectors) ** 2
 
     def _ceilings(self) -> tuple[float, float]:
-        lower, upper = devkit_noise_ceiling(self.vectors)
+        lower, upper = devkit_noise_ceiling(self.vectors, self.prepared)
         self.computed_ceiling_upper = upper
         if self.noise_ceiling_constant is not None:
             upper = float(self.noise_ceiling_constant)

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -57,8 +60,29 @@ def write_manifest(root: str | os.PathLike, out: str | os.PathLike) -> int:
 
 
 # -- info ------------------------------------------------------------------------------------------
+def _dataset_module(name: str) -> Any:
+    """The module behind a registered dataset factory (``lazy("pkg.mod:load")`` or a plain function)."""
+    from .plugins import get_plugins
+
+    factory = get_plugins().datasets.get(name)
+    match = re.fullmatch(r"lazy\((.+?):.+\)", getattr(factory, "__qualname__", ""))
+    module = match.group(1) if match else getattr(factory, "__module__", None)
+    try:
+        return importlib.import_module(module) if module else None
+    except ImportError:
+        return None
+
+
+def _call_with_data_dir(fn: Any, data_dir: str | os.PathLike | None) -> Any:
+    return fn(data_dir) if inspect.signature(fn).parameters else fn()
+
+
 def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A description of dataset ``name``: files needed, where rsabench looks, what is present, licence, citation."""
+    """A description of dataset ``name``: files needed, where rsabench looks, what is present, licence, citation.
+
+    Algonauts 2019 is described here; another dataset module may provide ``describe([data_dir])`` (and
+    ``missing_files(data_dir)``), else the dataset is loaded and summarised.
+    """
     name = _canonical(name)
     if name in ALGONAUTS:
         from .builtin import algonauts
@@ -68,6 +92,16 @@ def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]
 
     registry = get_plugins().datasets
     out: dict[str, Any] = {"name": name, "summary": registry.summary(name), "looks_in": str(default_data_dir(data_dir))}
+    module = _dataset_module(name)
+    if name not in EMBEDDED and module is not None and callable(getattr(module, "describe", None)):
+        described = dict(_call_with_data_dir(module.describe, data_dir))
+        if described.get("directory"):
+            out["looks_in"] = str(default_data_dir(data_dir) / described["directory"])
+        if callable(getattr(module, "missing_files", None)):
+            missing = list(module.missing_files(data_dir))
+            described.setdefault("missing", missing)
+            described.setdefault("present", not missing)
+        return {**out, **described}
     try:
         ds = registry.get(name)(default_data_dir(data_dir))
     except DataError as exc:
@@ -165,6 +199,15 @@ def verify(name: str, data_dir: str | os.PathLike | None = None, *, checksums: b
         from .builtin import algonauts
 
         return _verify_algonauts(algonauts.release_root(data_dir), [name], read_manifest() if checksums else None)
+    module = _dataset_module(name)
+    if module is not None and callable(getattr(module, "verify", None)):
+        return list(_call_with_data_dir(module.verify, data_dir))
+    if module is not None and callable(getattr(module, "missing_files", None)):
+        missing = list(module.missing_files(data_dir))
+        if missing:
+            described = _call_with_data_dir(module.describe, data_dir) if callable(getattr(module, "describe", None)) else {}
+            base = default_data_dir(data_dir) / described.get("directory", "")
+            return [f"{base / rel}: missing" for rel in missing]
     from .plugins import get_plugins
 
     try:

@@ -317,3 +317,17 @@ def test_manifest_covers_the_release(shared_data):
     root = shared_data / "algonauts2019"
     files = {p.relative_to(root).as_posix() for part in ("Training_Data", "Test_Data") for p in (root / part).rglob("*") if p.is_file()}
     assert set(manifest) == files and len(manifest) == 178
+
+
+def test_datastore_generic_path_for_other_datasets(tmp_path):
+    """Datasets outside Algonauts: a module's describe()/missing_files() are used; nothing is loaded."""
+    from rsabench.plugins import get_plugins
+
+    if "nsd" not in get_plugins().datasets.names():
+        pytest.skip("nsd is not registered")
+    info = datastore.info("nsd", tmp_path)
+    assert info["present"] is False and info["looks_in"] == str(tmp_path / "nsd")
+    problems = datastore.verify("nsd", tmp_path)
+    assert problems and all(p.startswith(str(tmp_path / "nsd")) and p.endswith("missing") for p in problems)
+    with pytest.raises(UsageError, match="no fetcher"):
+        datastore.fetch("nsd", tmp_path)
