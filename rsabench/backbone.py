@@ -53,6 +53,22 @@ def prepare_for_taps(model: "nn.Module") -> "nn.Module":
     return model
 
 
+def set_bn_mode(model: "nn.Module", adapt: bool) -> list[str]:
+    """Freeze (``adapt=False``: eval mode, running statistics used and kept) or adapt BatchNorm statistics.
+
+    ``adapt=True`` puts only the BatchNorm modules in train mode: they normalise with batch statistics and
+    update their running averages. Call it after ``model.eval()`` (which would undo it); returns their names.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            module.train(adapt)
+            names.append(name)
+    return names
+
+
 def check_layers(model: "nn.Module", layers: Iterable[str], backbone: str = "") -> list[str]:
     """Validate layer names against the model's modules; UsageError with suggestions otherwise."""
     names = [n for n, _ in model.named_modules() if n]
@@ -89,7 +105,10 @@ class LayerTaps:
             def hook(_module, _inputs, output):
                 if name in captured:
                     return
-                captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                # a copy: later in-place ops (``out += identity`` in ResNet blocks, DenseNet's final
+                # ``F.relu(inplace=True)``) would otherwise change the tapped values
+                captured[name] = out.clone() if hasattr(out, "clone") else out
                 if wanted.issubset(captured):
                     raise _EnoughLayers
 
@@ -186,7 +205,12 @@ def load_checkpoint(model: "nn.Module", path: Path) -> None:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UsageError(f"--weights {path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
     if isinstance(state, dict):

@@ -135,5 +135,5 @@ def test_imagenet_weights_unavailable_is_a_clear_error(capsys, tmp_path, monkeyp
 
 def test_unknown_layer_names_fail_before_anything_runs(capsys, tmp_path):
     code, _, err = cli(capsys, *RUN, "--loss-layer", "features.99", "--runs-dir", str(tmp_path))
-    assert code == 2 and "unknown layer 'features.99' for backbone alexnet" in err
+    assert code == 2 and "unknown layer 'features.99' for backbone torchvision:alexnet" in err
     assert not list(tmp_path.rglob("*.json"))
