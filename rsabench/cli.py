@@ -55,6 +55,15 @@ def run_options(func: Callable) -> Callable:
         click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True, help="early stopping after N epochs without validation gain (0 = off)"),
         click.option("--trainable", default="all", show_default=True, metavar="POLICY", help="all | none | up-to:<layer> | from:<layer>"),
+        click.option("--lr-schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True, help="per-epoch learning-rate schedule after warm-up"),
+        click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="linear warm-up: epoch e <= N runs at lr*e/(N+1)"),
+        click.option("--lr-step", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS", help="step schedule: epochs between decays (0 = a third of the post-warm-up epochs)"),
+        click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True, help="step schedule: lr factor per decay"),
+        click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="NORM", help="clip the global gradient L2 norm (0 = off)"),
+        click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="mixed precision for training steps (CUDA only; scores are always computed in float32)"),
+        click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)"),
+        click.option("--adapt-bn", is_flag=True, help="let BatchNorm running statistics of the trained layers adapt during training (default: frozen)"),
+        click.option("--keep-checkpoints", is_flag=True, help="keep <record>.ckpt/best.pt (the selected model) after a cell finishes; otherwise checkpoints are deleted"),
         click.option("--loss-layer", default="auto", show_default=True, help="layer the objective trains (auto = best frozen layer on validation)"),
         click.option("--layer", "layers", multiple=True, metavar="NAME", help="layers to score (repeatable; default: the backbone's layer set)"),
         click.option("--metric", default="spearman", show_default=True, help="RDM comparison metric"),
@@ -86,6 +95,9 @@ def _session(kw: dict[str, Any]):
         bootstrap_seed=kw["bootstrap_seed"], device=kw["device"],
         data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
         dataset_options=kw["dataset_options"], objective_options=kw["objective_options"],
+        lr_schedule=kw["lr_schedule"], warmup_epochs=kw["warmup_epochs"], lr_step=kw["lr_step"], lr_gamma=kw["lr_gamma"],
+        grad_clip=kw["grad_clip"], amp=kw["amp"], channels_last=kw["channels_last"], adapt_bn=kw["adapt_bn"],
+        keep_checkpoints=kw["keep_checkpoints"],
     )
     plugins = get_plugins()
     _warn_broken_plugins(plugins)
@@ -217,18 +229,31 @@ def list_cmd(kind: str | None, pattern: str) -> None:
         table.add_column("name")
         table.add_column("summary")
         table.add_column("plugin")
-        for name in registry.names(pattern):
-            entry = registry.entries[name]
-            table.add_row(name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""), entry.summary, entry.plugin)
-        for prefix, ns in sorted(registry.namespaces.items()):
-            if ":" in pattern:
-                head, _, rest = pattern.partition(":")
-                if head == prefix:
-                    for name in ns.lister(rest or "*"):
-                        table.add_row(f"{prefix}:{name}", "", ns.plugin)
-            else:
-                table.add_row(f"{prefix}:<name>", ns.summary, ns.plugin)
+        for row in _list_rows(registry, pattern):
+            table.add_row(*row)
         console.print(table)
+
+
+def _list_rows(registry, pattern: str) -> list[tuple[str, str, str]]:
+    """(name, summary, plugin) rows: entries matching by name or alias, then namespace members.
+
+    ``*`` shows each namespace as one row; ``prefix:PATTERN`` lists that namespace's members; any other
+    pattern also searches every namespace (which imports the libraries behind them).
+    """
+    import fnmatch
+
+    rows: dict[str, tuple[str, str, str]] = {}
+    for name, entry in sorted(registry.entries.items()):
+        if fnmatch.fnmatch(name, pattern) or any(fnmatch.fnmatch(a, pattern) for a in entry.aliases):
+            rows[name] = (name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""), entry.summary, entry.plugin)
+    head, colon, rest = pattern.partition(":")
+    for prefix, ns in sorted(registry.namespaces.items()):
+        if pattern == "*":
+            rows[f"{prefix}:"] = (f"{prefix}:<name>", ns.summary, ns.plugin)
+        elif not colon or fnmatch.fnmatch(prefix, head):
+            for name in ns.lister((rest or "*") if colon else pattern):
+                rows.setdefault(f"{prefix}:{name}", (f"{prefix}:{name}", "", ns.plugin))
+    return list(rows.values())
 
 
 def _list_layers(plugins, backbone: str, console) -> None:
@@ -240,7 +265,7 @@ def _list_layers(plugins, backbone: str, console) -> None:
         if name:
             mark = "*" if name in default else " "
             console.print(f"{mark} {name}  [dim]{type(module).__name__}[/]")
-    console.print("[dim]* = default layer set[/]")
+    console.print(f"[dim]* = default layer set ({len(built.default_layers)} layers: {', '.join(built.default_layers)})[/]")
 
 
 @cli.command()
@@ -285,6 +310,127 @@ def _write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@cli.command()
+@click.argument("submission", type=click.Path(path_type=Path))
+@click.option("--dataset", required=True, metavar="NAME", help="dataset the submission answers")
+@click.option("--split", default=None, metavar="NAME", help="split or group scored (e.g. test, test2, train-92)")
+@click.option("--convention", "conventions", multiple=True, metavar="NAME", help="scoring convention (repeatable; default: the dataset's)")
+@click.option("--metric", default="spearman", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def score(submission: Path, dataset: str, split: str | None, conventions: tuple[str, ...], metric: str, data_dir: Path | None, bootstrap_seed: int, fmt: str) -> None:
+    """Score precomputed RDMs (Algonauts submit_*.mat/.npy format) against a dataset's targets."""
+    from .plugins import get_plugins
+    from .runner import Session, RunOptions
+    from .submission import score_submission
+
+    if not submission.is_file():
+        raise UsageError(f"{submission}: submission file not found")
+    plugins = get_plugins()
+    plugins.metrics.canonical(metric)
+    session = Session(plugins, RunOptions(data_dir=str(data_dir) if data_dir else None), reporter=RichReporter())
+    ds = session.dataset(dataset)
+    rows = score_submission(submission, ds, split, conventions or None, metric=metric, bootstrap_seed=bootstrap_seed)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(rows, indent=1))
+        return
+    columns = ["convention", "target", "raw", "rho", "normalized", "ceiling_lower", "ceiling_upper", "ci_low", "ci_high", "p_value"]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{ds.name}: {submission.name} ({split or 'default split'})")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("convention", "target") else "right")
+    fmt_value = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    for row in rows:
+        table.add_row(*(fmt_value(row.get(c)) for c in columns))
+    _console().print(table)
+    _console().print("raw: R² under algonauts2019 (mean over subjects of squared Spearman), mean correlation under computed; normalized: % of the upper ceiling")
+
+
+@cli.group()
+def data() -> None:
+    """Dataset files: info, verify, import, fetch."""
+
+
+@data.command("info")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def data_info(name: str, data_dir: Path | None, fmt: str) -> None:
+    """What a dataset needs, where rsabench looks, what is present, licence and citation."""
+    from .datastore import info
+
+    described = info(name, data_dir)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(described, indent=1, default=str))
+        return
+    console = _console()
+    for key, value in described.items():
+        if isinstance(value, dict):
+            console.print(f"[bold]{key}[/]:")
+            for k, v in value.items():
+                console.print(f"  {k}: {v}")
+        elif isinstance(value, (list, tuple)):
+            console.print(f"[bold]{key}[/]:")
+            for v in value:
+                console.print(f"  - {v}")
+        else:
+            console.print(f"[bold]{key}[/]: {value}")
+
+
+@data.command("verify")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--no-checksums", is_flag=True, help="check invariants only, not the recorded sha256 manifest")
+def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
+    """Check files against the recorded checksums and the RDM invariants; exit 1 on problems."""
+    from .datastore import verify
+
+    problems = verify(name, data_dir, checksums=not no_checksums)
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        click.echo(f"{name}: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: OK")
+
+
+@data.command("import")
+@click.argument("name")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--no-checksums", is_flag=True, help="accept files that differ from the recorded release (invariants still apply)")
+def data_import(name: str, source: Path, data_dir: Path | None, no_checksums: bool) -> None:
+    """Verify an extracted release folder or its .zip, then place it in the data directory."""
+    from .datastore import import_release
+
+    result = import_release(name, source, data_dir, checksums=not no_checksums)
+    click.echo(f"imported {len(result['copied'])} file(s) into {result['destination']}")
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def data_fetch(name: str, data_dir: Path | None) -> None:
+    """Download a dataset where a stable public URL exists; otherwise say where to get it."""
+    from .datastore import fetch
+
+    path = fetch(name, data_dir)
+    click.echo(f"{name}: available at {path}")
 
 
 # -- error handling -----------------------------------------------------------------------------

@@ -52,6 +52,26 @@ class RunOptions:
     data_dir: str | None = None
     dataset_options: tuple[tuple[str, str], ...] = ()
     objective_options: tuple[tuple[str, str], ...] = ()
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0
+    amp: str = "off"
+    adapt_bn: bool = False
+    channels_last: bool | None = None  # None: on with CUDA, off on CPU; a memory layout, not in the config
+    keep_checkpoints: bool = False  # keep <record>.ckpt/best.pt after the record is written; not in the config
+
+    def train_settings(self) -> Any:
+        """The training hyper-parameters (:class:`rsabench.training.TrainSettings`) of these options."""
+        from .training import TrainSettings
+
+        return TrainSettings(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+            weight_decay=self.weight_decay, patience=self.patience, trainable=self.trainable,
+            lr_schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs, lr_step=self.lr_step,
+            lr_gamma=self.lr_gamma, grad_clip=self.grad_clip, amp=self.amp, adapt_bn=self.adapt_bn,
+        )
 
     def validate(self) -> None:
         if self.image_size < 16:
@@ -63,6 +83,9 @@ class RunOptions:
         kind, _, layer = self.trainable.partition(":")
         if not ((kind in ("all", "none") and not layer) or (kind in ("up-to", "from") and layer)):
             raise UsageError(f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>")
+        self.train_settings().validate()
+        if self.amp != "off" and self.device == "cpu":
+            raise UsageError(f"--amp {self.amp} needs a CUDA device; use --amp off with --device cpu")
 
 
 @dataclass
@@ -218,11 +241,7 @@ class Session:
             "image_size": o.image_size,
             "layers": list(o.layers),
             "loss_layer": o.loss_layer if obj.trains else None,
-            "train": (
-                {k: getattr(o, k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "patience", "trainable")}
-                if obj.trains
-                else None
-            ),
+            "train": o.train_settings().config() if obj.trains else None,
             "target_normalization": obj.target_normalization(ds.target_normalization) if obj.trains else None,
             "metric": metric,
             "conventions": list(ds.conventions),
@@ -247,8 +266,12 @@ class Session:
     # -- running ----------------------------------------------------------------------------------
     def run(self, planned: PlannedCell) -> dict[str, Any]:
         """Run one cell and write its record atomically; returns the record."""
-        record = run_cell(self, planned.config, planned.cell)
+        from .training import finish_checkpoints
+
+        checkpoints = planned.path.with_suffix(".ckpt")
+        record = run_cell(self, planned.config, planned.cell, checkpoint_dir=checkpoints)
         write_atomic(planned.path, record)
+        finish_checkpoints(checkpoints, self.options.keep_checkpoints)
         return record
 
 
@@ -274,11 +297,16 @@ def resolve_device(option: str) -> str:
     return option
 
 
-def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, Any]:
-    """Fine-tune (or not) and score one cell; returns its result record."""
+def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir: Path | None = None) -> dict[str, Any]:
+    """Fine-tune (or not) and score one cell; returns its result record.
+
+    With ``checkpoint_dir``, training is checkpointed there after every epoch and resumes from it.
+    """
+    import os
+
     import torch
 
-    from .training import TrainSettings, extract_rdms, train
+    from .training import Checkpointer, TrainSettings, check_amp, extract_rdms, train
     from .objective import training_target
 
     t_start = time.perf_counter()
@@ -293,12 +321,21 @@ def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, A
     objective = plugins.objectives.get(config["objective"])(**obj_options_for(config["objective"], dict(o.objective_options)))
     seed = config["seed"]
 
+    if config["train"]:
+        check_amp(config["train"]["amp"], device)  # refuse before anything is built
+    channels_last = o.channels_last if o.channels_last is not None else device.startswith("cuda")
+    if device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.backends.cudnn.benchmark = False
+
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     built = plugins.backbones.get(config["backbone"])().build(weights=o.weights, seed=seed)
     model = built.model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     layers = list(config["layers"]) or built.default_layers
     from .backbone import check_layers
 
@@ -320,7 +357,7 @@ def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, A
         for g in groups:
             idx = splits[g]["validation"]
             with reporter.stage(f"validation {g} (epoch {epoch})", len(idx)) as advance:
-                rdms = extract_rdms(model, layers, images[g][idx], o.batch_size, device, advance)
+                rdms = extract_rdms(model, layers, images[g][idx], o.batch_size, device, advance, channels_last)
             raw = val_scorers[g].raw_values(rdms)
             per_layer += raw / len(groups)
             curves.extend({"epoch": epoch, "group": g, "layer": layer, "raw": float(v)} for layer, v in zip(layers, raw))
@@ -353,13 +390,33 @@ def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, A
         n_train = sum(len(splits[g]["train"]) for g in groups)
         curves.clear()
         best_layer_at.clear()
+
+        def restore(extra: dict[str, Any]) -> None:
+            curves[:] = extra["curves"]
+            best_layer_at.clear()
+            best_layer_at.update(extra["best_layer_at"])
+
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = Checkpointer(
+                checkpoint_dir, cell, get_extra=lambda: {"curves": list(curves), "best_layer_at": dict(best_layer_at)},
+                set_extra=restore, note=reporter.note, keep=o.keep_checkpoints,
+            )
         with reporter.stage(f"training {config['objective']} on {loss_layer}", n_train * settings.epochs) as advance:
-            result = train(model, loss_layer, objective, images, {g: splits[g]["train"] for g in groups}, targets, settings, seed, evaluate, device, advance)
+            result = train(
+                model, loss_layer, objective, images, {g: splits[g]["train"] for g in groups}, targets, settings, seed, evaluate,
+                device, advance, checkpoint=checkpoint, channels_last=channels_last,
+            )
         # selection-free numbers: the final epoch, every layer
-        final_state_rdms = {(name, g): _test_rdms(session, ds, g, idx, built, layers, config, device) for name, g, idx in tests}
+        final_state_rdms = {(name, g): _test_rdms(session, ds, g, idx, built, layers, config, device, channels_last) for name, g, idx in tests}
         model.load_state_dict(result.best_state)
         selection.update(epoch=result.best_epoch, layer=best_layer_at[result.best_epoch], validation=result.best_value, loss_layer=loss_layer)
-        train_info = {"epochs_run": result.epochs_run, "train_loss": result.train_loss, "target_normalization": norm}
+        train_info = {
+            "epochs_run": result.epochs_run, "train_loss": result.train_loss, "lr": result.lr, "grad_norm": result.grad_norm,
+            "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
+            "bn_layers_adapted": result.bn_layers_adapted, "channels_last": channels_last, "target_normalization": norm,
+            "checkpoint": f"{checkpoint_dir.name}/best.pt" if checkpoint_dir is not None and o.keep_checkpoints else None,
+        }
     timings["train_select_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -369,7 +426,7 @@ def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, A
     for name, g, idx in tests:
         if ds.target(target, g) is None:
             continue
-        rdms = _test_rdms(session, ds, g, idx, built, layers, config, device)
+        rdms = _test_rdms(session, ds, g, idx, built, layers, config, device, channels_last)
         final = final_state_rdms.get((name, g), rdms)
         for convention in ds.conventions:
             scorer = make_scorer(convention, ds, target, g, metric, idx, o.bootstrap_seed)
@@ -394,9 +451,9 @@ def run_cell(session: Session, config: dict[str, Any], cell: str) -> dict[str, A
     }
 
 
-def _test_rdms(session: Session, ds: Dataset, group: str, idx: np.ndarray, built: Any, layers: list[str], config: dict, device: str) -> np.ndarray:
+def _test_rdms(session: Session, ds: Dataset, group: str, idx: np.ndarray, built: Any, layers: list[str], config: dict, device: str, channels_last: bool = False) -> np.ndarray:
     from .training import extract_rdms
 
     imgs = session.images(ds, group, config["image_size"], built.mean, built.std)[idx]
     with session.reporter.stage(f"test features {group}", len(idx)) as advance:
-        return extract_rdms(built.model, layers, imgs, session.options.batch_size, device, advance)
+        return extract_rdms(built.model, layers, imgs, session.options.batch_size, device, advance, channels_last)

@@ -1,23 +1,38 @@
 """Feature extraction and the batch-RDM trainer (DESIGN §5).
 
 One forward pass per unique image: a batch of B images from one group yields all B(B-1)/2 pairs.
+
+The trainer also owns the training engine's guarantees: learning-rate schedules (per epoch, a pure
+function of the settings), gradient clipping, AMP on CUDA, frozen-or-adapting BatchNorm statistics, and
+checkpoints written atomically after every epoch, from which a killed run resumes to bit-identical numbers.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+import contextlib
+import hashlib
+import math
+import os
+import random
+import shutil
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from .backbone import LayerTaps, trainable_parameters
+from .backbone import LayerTaps, set_bn_mode, trainable_parameters
 from .errors import UsageError
 from .objective import Objective
 from .rsa import EPS
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+AMP_MODES = ("off", "bf16", "fp16")
+CHECKPOINT_FORMAT = "rsabench.checkpoint/1"
 
 
 @torch.no_grad()
@@ -28,15 +43,17 @@ def extract_rdms(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     advance: Callable[[int], None] | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Correlation-distance RDMs ``(layers, n, n)`` of ``images``, features normalised per batch.
 
     Per image: flatten, centre across features, L2-normalise; then one float32 Gram matrix per layer.
+    Always full precision (``--amp`` applies to training steps only).
     """
     taps = LayerTaps(model, layers)
     units: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
+        x = _to_device(images[start : start + batch_size], device, channels_last)
         for layer, out in taps(x).items():
             z = out.reshape(len(x), -1).float()
             z = z - z.mean(dim=1, keepdim=True)
@@ -54,18 +71,39 @@ def extract_rdms(
     return rdms
 
 
+def _to_device(x: torch.Tensor, device: str | torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+# -- settings -----------------------------------------------------------------------------------------
 @dataclass
 class TrainSettings:
-    """Hyper-parameters of one training run (all recorded in the cell config)."""
+    """Hyper-parameters of one training run (all recorded in the cell config; see :meth:`config`).
+
+    ``lr_schedule``: ``constant``, ``cosine`` (half cosine from ``lr`` towards 0 over the post-warm-up
+    epochs) or ``step`` (× ``lr_gamma`` every ``lr_step`` epochs; 0 = a third of the post-warm-up epochs).
+    ``warmup_epochs``: linear warm-up, epoch e <= W runs at ``lr·e/(W+1)``. ``grad_clip``: global L2 norm
+    bound (0 = off). ``amp``: autocast dtype of training steps on CUDA (``off``, ``bf16``, ``fp16`` with a
+    gradient scaler). ``adapt_bn``: BatchNorm layers of the trained part update their running statistics
+    during training steps (default: frozen, the whole network stays in eval mode).
+    """
 
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
     optimizer: str = "adam"
-    momentum: float = 0.9
+    momentum: float | None = 0.9
     weight_decay: float = 0.0
     patience: int = 0
     trainable: str = "all"
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    lr_step: int | None = None
+    lr_gamma: float | None = None
+    grad_clip: float = 0.0
+    amp: str = "off"
+    adapt_bn: bool = False
 
     def validate(self) -> None:
         if self.epochs < 0:
@@ -76,24 +114,76 @@ class TrainSettings:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 0:
+            raise UsageError(f"--patience must be >= 0, got {self.patience}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs >= self.epochs):
+            raise UsageError(f"--warmup-epochs must be >= 0 and smaller than --epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.lr_step is not None and self.lr_step < 0:
+            raise UsageError(f"--lr-step must be >= 0, got {self.lr_step}")
+        if self.lr_gamma is not None and not 0 < self.lr_gamma <= 1:
+            raise UsageError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+        if not self.grad_clip >= 0:
+            raise UsageError(f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.amp not in AMP_MODES:
+            raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The resolved settings recorded in the cell config: values that cannot matter are ``None``
+        (so they do not change the cell hash), the automatic step length is made explicit."""
+        self.validate()
+        out = asdict(self)
+        out["momentum"] = self.momentum if self.optimizer == "sgd" else None
+        if self.lr_schedule == "step":
+            out["lr_step"] = self.lr_step or max(1, math.ceil((self.epochs - self.warmup_epochs) / 3))
+            out["lr_gamma"] = 0.1 if self.lr_gamma is None else self.lr_gamma
+        else:
+            out["lr_step"] = out["lr_gamma"] = None
+        return out
 
 
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_value: float
-    epochs_run: int
-    train_loss: list[float] = field(default_factory=list)
-    best_state: dict[str, Any] | None = None
+def lr_factor(epoch: int, s: TrainSettings) -> float:
+    """Multiplier of ``s.lr`` during ``epoch`` (1-based)."""
+    w = s.warmup_epochs
+    if epoch <= w:
+        return epoch / (w + 1)
+    t, span = epoch - w - 1, max(1, s.epochs - w)
+    if s.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t / span))
+    if s.lr_schedule == "step":
+        step = s.lr_step or max(1, math.ceil(span / 3))
+        return (0.1 if s.lr_gamma is None else s.lr_gamma) ** (t // step)
+    return 1.0
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
     params = list(params)
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=0.9 if s.momentum is None else s.momentum, weight_decay=s.weight_decay)
     if s.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def bn_train_mode(model: torch.nn.Module, adapt: bool) -> int:
+    """Put ``model`` in eval mode; with ``adapt``, the BatchNorm layers that train (a parameter requiring
+    grad, or no affine parameters) go to train mode so their running statistics update; BatchNorm layers
+    of frozen parts stay frozen. Returns how many adapt."""
+    model.eval()
+    if not adapt:
+        return 0
+    n = 0
+    for name in set_bn_mode(model, True):
+        module = model.get_submodule(name)
+        params = list(module.parameters(recurse=False))
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+        elif module.track_running_stats:
+            n += 1
+    return n
 
 
 def epoch_batches(
@@ -113,6 +203,221 @@ def epoch_batches(
     return [batches[k] for k in order]
 
 
+# -- checkpoints ------------------------------------------------------------------------------------
+class Checkpointer:
+    """Per-cell checkpoint directory (``<record stem>.ckpt/``).
+
+    ``state.pt`` holds the training state after the last finished epoch (optimizer, gradient scaler, RNG
+    states, history, ``extra`` of the caller); ``model-e<N>.pt`` the model after epoch N, as the tensors
+    that differ from the initial (freshly built) state: a resumed run rebuilds the network from the same
+    config, and a fingerprint of the initial state guards that it is the same network. After every save
+    only the models of the last and the best epoch remain. Files are written atomically (temp file, fsync,
+    rename), the state after the model it points to, so a kill at any moment leaves a usable checkpoint.
+    With ``keep``, the full best model is written as ``best.pt`` when training ends.
+    ``get_extra``/``set_extra`` save and restore caller state (the runner's validation curves).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        cell: str,
+        get_extra: Callable[[], Any] | None = None,
+        set_extra: Callable[[Any], None] | None = None,
+        note: Callable[[str], None] | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.cell = cell
+        self.get_extra = get_extra or (lambda: None)
+        self.set_extra = set_extra or (lambda extra: None)
+        self.note = note or (lambda message: None)
+        self.keep = keep
+        self._initial: dict[str, torch.Tensor] = {}
+        self._fingerprint = ""
+        self._changed: set[str] = set()
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / "state.pt"
+
+    def model_path(self, epoch: int) -> Path:
+        return self.directory / f"model-e{epoch}.pt"
+
+    def start(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """Remember ``model``'s initial state; return the saved training state with its ``model`` state,
+        or None (and an emptied directory) when there is nothing usable to resume from."""
+        self._initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self._fingerprint = _fingerprint(self._initial)
+        self._changed = set()
+        if not self.state_path.is_file():
+            self._clear()
+            return None
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("cell") == self.cell):
+                raise ValueError("another cell or format")
+            if state["fingerprint"] != self._fingerprint:
+                raise ValueError("the network as built differs from the one that was checkpointed")
+            if not self.model_path(state["history"]["best_epoch"]).is_file():
+                raise FileNotFoundError(self.model_path(state["history"]["best_epoch"]))
+            self._changed = set(state["changed"])
+            state["model"] = self.load_model(state["epoch"])
+        except Exception as exc:  # a torn or foreign checkpoint: start over, never crash a sweep on it
+            self.note(f"checkpoint in {self.directory} not usable ({type(exc).__name__}: {exc}); training from scratch")
+            self._clear()
+            return None
+        return state
+
+    def load_model(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The full model state after ``epoch``."""
+        saved = torch.load(self.model_path(epoch), map_location="cpu", weights_only=True)
+        return {**self._initial, **saved["model"]}
+
+    def save(self, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Write the model after ``epoch``, then the training state, then drop models no longer needed."""
+        current = model.state_dict()
+        for k, v in current.items():
+            if k not in self._changed and not torch.equal(v.detach().cpu(), self._initial[k]):
+                self._changed.add(k)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = {k: current[k] for k in sorted(self._changed)}
+        _save_atomic({"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "model": partial}, self.model_path(epoch))
+        header = {"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "fingerprint": self._fingerprint, "changed": sorted(self._changed)}
+        _save_atomic({**header, **state}, self.state_path)
+        keep = {self.model_path(epoch).name, self.model_path(state["history"]["best_epoch"]).name, self.state_path.name}
+        for path in self.directory.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def save_best(self, epoch: int, model_state: dict[str, torch.Tensor]) -> Path:
+        """``best.pt``: the full model of the selected epoch (loadable with ``--weights PATH``)."""
+        path = self.directory / "best.pt"
+        _save_atomic({"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "model": model_state}, path)
+        return path
+
+    def _clear(self) -> None:
+        if self.directory.is_dir():
+            shutil.rmtree(self.directory)
+
+
+def finish_checkpoints(directory: Path, keep: bool) -> Path | None:
+    """After the record is written: remove the checkpoint directory, or with ``keep`` leave only
+    ``best.pt`` (written by :func:`train`). Returns the path of what is kept."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    best = directory / "best.pt"
+    if keep and best.is_file():
+        for path in directory.iterdir():
+            if path != best:
+                path.unlink(missing_ok=True)
+        return best
+    shutil.rmtree(directory)
+    return None
+
+
+def _fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a model state: per tensor, its name, dtype, shape and the CRC-32 of its bytes."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else 0
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}:{crc};".encode())
+    return h.hexdigest()
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "batches": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["batches"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- training ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    resumed_from_epoch: int | None = None
+    bn_layers_adapted: int = 0
+    best_state: dict[str, Any] | None = None
+
+    def history(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the result (everything but the best state)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("best_state", "resumed_from_epoch", "bn_layers_adapted")}
+
+
+def _grad_norm(params: list[torch.nn.Parameter], clip: float) -> float:
+    """Global L2 norm of the gradients before clipping; with ``clip > 0`` rescales them to at most ``clip``."""
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def _grad_scaler() -> Any:
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch < 2.3
+
+
+def check_amp(amp: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device``; UsageError where it cannot run."""
+    if amp not in AMP_MODES:
+        raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off":
+        return None
+    if torch.device(device).type != "cuda":
+        raise UsageError(f"--amp {amp} needs a CUDA device, but this cell runs on {device}; use --amp off on CPU")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UsageError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16 or off")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
 def train(
     model: torch.nn.Module,
     loss_layer: str,
@@ -125,46 +430,122 @@ def train(
     evaluate: Callable[[int], float],
     device: str | torch.device = "cpu",
     advance: Callable[[int], None] | None = None,
+    *,
+    checkpoint: Checkpointer | None = None,
+    channels_last: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``objective`` at ``loss_layer``; ``evaluate(epoch)`` returns the validation value.
 
-    The model stays in eval mode (BatchNorm statistics frozen, dropout off); gradients still flow.
-    The best-on-validation state (epoch 0 = untrained included) is kept; early stopping after
-    ``settings.patience`` epochs without improvement (0 = never).
+    The model stays in eval mode (BatchNorm statistics frozen unless ``settings.adapt_bn``, dropout off);
+    gradients still flow. The best-on-validation state (epoch 0 = untrained included) is kept; early
+    stopping after ``settings.patience`` epochs without improvement (0 = never). With ``checkpoint``,
+    training resumes from its saved state and is saved after every epoch; the best state then lives on
+    disk until the end. ``evaluate`` always sees the model in eval mode.
     """
+    settings.validate()
+    device = torch.device(device)
+    amp_dtype = check_amp(settings.amp, device)
     model.eval()
     example = next(iter(images.values()))[:1].to(device)
     params = trainable_parameters(model, settings.trainable, example)
     if not params:
         raise UsageError(f"--trainable {settings.trainable!r} leaves no parameter to train")
     optimizer = make_optimizer(params, settings)
+    scaler = _grad_scaler() if settings.amp == "fp16" else None
     taps = LayerTaps(model, [loss_layer])
     generator = torch.Generator().manual_seed(seed)
 
-    best_value = evaluate(0)
-    result = TrainResult(best_epoch=0, best_value=best_value, epochs_run=0, best_state=copy.deepcopy(model.state_dict()))
-    for epoch in range(1, settings.epochs + 1):
-        losses = []
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def save(epoch: int) -> None:
+        if checkpoint is not None:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": _rng_state(generator, device),
+                "history": result.history(),
+                "extra": checkpoint.get_extra(),
+            }
+            checkpoint.save(epoch, model, state)
+
+    saved = checkpoint.start(model) if checkpoint is not None else None
+    best_state: dict[str, torch.Tensor] | None = None
+    if saved is None:
+        result = TrainResult(best_epoch=0, best_value=evaluate(0), epochs_run=0)
+        if checkpoint is None:
+            best_state = snapshot()
+        save(0)
+    else:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved["scaler"] is not None:
+            scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"], generator, device)
+        result = TrainResult(**saved["history"], resumed_from_epoch=saved["epoch"])
+        checkpoint.set_extra(saved["extra"])
+        checkpoint.note(f"resumed from the checkpoint of epoch {saved['epoch']} in {checkpoint.directory}")
+        if advance:
+            advance(result.epochs_run * sum(len(v) for v in train_index.values() if len(v) >= 2))
+
+    result.bn_layers_adapted = bn_train_mode(model, settings.adapt_bn)
+    model.eval()  # (the count above is all that is needed here)
+    for epoch in range(result.epochs_run + 1, settings.epochs + 1):
+        if result.stopped_early:
+            break
+        lr = settings.lr * lr_factor(epoch, settings)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        bn_train_mode(model, settings.adapt_bn)
+        losses, norms = [], []
         for group, idx in epoch_batches(train_index, settings.batch_size, generator):
-            x = images[group][idx].to(device)
+            x = _to_device(images[group][idx], device, channels_last)
             t = targets[group][idx][:, idx].to(device)
-            loss = objective.loss(taps(x)[loss_layer], t)
+            if amp_dtype is None:
+                features = taps(x)[loss_layer]
+            else:  # autocast the network only; the objective sees float32 features
+                with torch.autocast(device.type, dtype=amp_dtype):
+                    features = taps(x)[loss_layer].float()
+            loss = objective.loss(features, t)
             if not torch.isfinite(loss):
-                raise RuntimeError(f"objective {objective.name!r} returned a non-finite loss at epoch {epoch}")
+                hint = " (try --amp bf16 or off)" if settings.amp == "fp16" else ""
+                raise RuntimeError(f"objective {objective.name!r} returned a non-finite loss at epoch {epoch}{hint}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            norm = _grad_norm(params, settings.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
             losses.append(float(loss.detach()))
+            if math.isfinite(norm):
+                norms.append(norm)
             if advance:
                 advance(len(idx))
+        model.eval()
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        result.grad_norm.append(float(np.mean(norms)) if norms else float("nan"))
+        result.lr.append(lr)
         result.epochs_run = epoch
         value = evaluate(epoch)
         if value > result.best_value:
             result.best_value, result.best_epoch = value, epoch
-            result.best_state = copy.deepcopy(model.state_dict())
-        elif settings.patience and epoch - result.best_epoch >= settings.patience:
-            break
+            if checkpoint is None:
+                best_state = snapshot()
+        elif settings.patience and epoch - result.best_epoch >= settings.patience and epoch < settings.epochs:
+            result.stopped_early = True
+        save(epoch)
+    model.eval()
+    if checkpoint is not None:
+        best_state = checkpoint.load_model(result.best_epoch)
+        if checkpoint.keep:
+            checkpoint.save_best(result.best_epoch, best_state)
+    result.best_state = best_state
     for p in model.parameters():
         p.requires_grad_(False)
     return result
