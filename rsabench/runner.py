@@ -198,6 +198,8 @@ class Session:
         o.validate()
         metric_name = self.plugins.metrics.canonical(o.metric)
         backbones = [self.plugins.backbones.canonical(b) for b in backbones]
+        for b in backbones:  # resolves timm:/torchvision: names now, so a typo fails before any cell runs
+            self.plugins.backbones.get(b)
         objectives = [self.plugins.objectives.canonical(x) for x in objectives]
         obj_options = dict(o.objective_options)
         for name in objectives:  # fail on bad options before anything runs
@@ -262,6 +264,8 @@ class Session:
                 named += [o.loss_layer] if o.loss_layer != "auto" else []
                 named += [o.trainable.partition(":")[2]] if ":" in o.trainable else []
             check_layers(built.model, named, backbone)
+            layers = list(o.layers) or built.default_layers
+            check_image_size(built, layers, o.image_size, backbone)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, planned: PlannedCell) -> dict[str, Any]:
@@ -273,6 +277,20 @@ class Session:
         write_atomic(planned.path, record)
         finish_checkpoints(checkpoints, self.options.keep_checkpoints)
         return record
+
+
+def check_image_size(built: Any, layers: list[str], size: int, backbone: str) -> None:
+    """One forward pass of a blank image at ``size`` through every layer; UsageError if the network can't take it."""
+    import torch
+
+    from .backbone import LayerTaps
+
+    try:
+        with torch.no_grad():
+            LayerTaps(built.model.eval(), layers)(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); use a larger --image-size") from None
 
 
 def obj_options_for(objective: str, options: dict[str, str]) -> dict[str, Any]:
@@ -447,7 +465,7 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
         "curves": {"validation": curves, "training": train_info},
         "splits": {g: {k: [int(i) for i in v] for k, v in s.items()} for g, s in splits.items()},
         "timings": timings,
-        "manifest": manifest(device, plugins.versions, {"weights_digest": built.weights_digest, "seeds": {"cell": seed, "split": o.split_seed, "bootstrap": o.bootstrap_seed}, "data_checksums": ds.checksums}),
+        "manifest": manifest(device, plugins.versions, {"weights_digest": built.weights_digest, "backbone_info": built.info, "seeds": {"cell": seed, "split": o.split_seed, "bootstrap": o.bootstrap_seed}, "data_checksums": ds.checksums}),
     }
 
 

@@ -97,6 +97,8 @@ class TargetScorer:
 
     def _ceilings(self) -> tuple[float, float]:
         flat = self.vectors.reshape(-1, self.vectors.shape[-1])
+        if len(flat) < 2:  # one RDM: it is its own pooled RDM; no ceiling can be estimated
+            return float("nan"), float("nan")
         upper = self._per_subject(self.metric.pool(flat)[None])[0]
         if self.n_subjects < 2:
             return float("nan"), float(upper.mean())
