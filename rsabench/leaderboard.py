@@ -117,8 +117,9 @@ def display_values(row: dict[str, Any]) -> dict[str, str]:
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
     """Render rows as ``markdown``, ``csv`` or ``json`` text (``table`` is rendered by :func:`rich_table`)."""
-    if fmt == "json":
-        return json.dumps(rows, indent=1) + "\n"
+    if fmt == "json":  # strict JSON: NaN (e.g. no ceiling from one subject) becomes null
+        clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+        return json.dumps(clean, indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
