@@ -95,8 +95,14 @@ def double_center(matrix: torch.Tensor) -> torch.Tensor:
 class _TargetNormalization(Objective):
     """Shared ``normalization`` option (none | zscore | agrawal; default: the dataset's)."""
 
+    OPTIONS: tuple[str, ...] = ("normalization",)
+
     def __init__(self, normalization: str | None = None, **rest: Any) -> None:
-        super().__init__(**rest)
+        if rest:
+            raise UsageError(
+                f"objective {self.name!r}: unknown option(s) {', '.join(sorted(rest))}; expected {', '.join(self.OPTIONS)}"
+            )
+        super().__init__()
         self.normalization = None if normalization is None else choice_option(self.name, "normalization", normalization, NORMALIZATIONS)
 
     def options(self) -> dict[str, Any]:
@@ -121,6 +127,7 @@ class Contrastive(_TargetNormalization):
     """
 
     name = "contrastive"
+    OPTIONS = ("margin", "threshold", "quantile", "center", "normalization")
 
     def __init__(
         self,
@@ -181,7 +188,8 @@ class RDMCorrelation(_TargetNormalization):
     d_pred is the model's correlation-distance RDM (``1 - pearson`` of flattened features), d_obs the
     target; both as strict-upper-triangle vectors. A differentiable RSA score in the sense of Cloos
     et al. 2024 ("Differentiable optimization of similarity scores between models and brains").
-    Options: ``normalization`` (none | zscore | agrawal; default: the dataset's).
+    Where the correlation is undefined (a single pair, or a constant model RDM) the loss is 1 with zero
+    gradient. Options: ``normalization`` (none | zscore | agrawal; default: the dataset's).
     """
 
     name = "rdm-corr"
@@ -201,14 +209,16 @@ class CKA(_TargetNormalization):
     ``correlation`` (default) is the Gram matrix ``Z Zᵀ`` of the flattened features centred per image
     and L2-normalised, i.e. ``-½ H D_model H`` of the model's own correlation-distance RDM, so both
     sides pass through the same transformation; ``linear`` is ``X Xᵀ`` of the raw flattened features
-    (Kornblith's linear CKA on responses, as Dapello et al. 2023 use it). CKA is computed in float64;
-    ``1 - CKA`` is clamped at 0 and offset by ``eps`` (default 1e-6) before the log, so the loss is
-    finite even at a perfect fit (its floor is ``log(eps)``). A constant batch (zero kernel) gives
-    CKA = 0. Options: ``kernel``, ``eps`` (> 0), ``normalization`` (none | zscore | agrawal; the
-    dataset's by default; CKA is scale- but not offset-invariant in the target, so this matters).
+    (Kornblith's linear CKA on responses, as in Dapello et al. 2023, who align model and IT
+    responses). CKA is computed in float64; ``1 - CKA`` is clamped at 0 and offset by ``eps``
+    (default 1e-6) before the log, so the loss is finite even at a perfect fit (its floor is
+    ``log(eps)``). A constant batch (zero kernel) gives CKA = 0. Options: ``kernel``, ``eps`` (in
+    (0, 1)), ``normalization`` (none | zscore | agrawal; the dataset's by default; CKA is scale- but
+    not offset-invariant in the target, so this matters).
     """
 
     name = "cka"
+    OPTIONS = ("kernel", "eps", "normalization")
     KERNELS = ("correlation", "linear")
 
     def __init__(self, kernel: str = "correlation", eps: Any = 1e-6, normalization: str | None = None, **rest: Any) -> None:
