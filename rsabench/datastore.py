@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -65,8 +64,7 @@ def _dataset_module(name: str) -> Any:
     from .plugins import get_plugins
 
     factory = get_plugins().datasets.get(name)
-    match = re.fullmatch(r"lazy\((.+?):.+\)", getattr(factory, "__qualname__", ""))
-    module = match.group(1) if match else getattr(factory, "__module__", None)
+    module = getattr(factory, "__module__", None)
     try:
         return importlib.import_module(module) if module else None
     except ImportError:
