@@ -1,0 +1,1 @@
+"""Data files shipped with rsabench (see README.md here)."""
