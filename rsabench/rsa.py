@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import kendalltau, rankdata
+from scipy.stats import kendalltau
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +25,14 @@ def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor
     A map whose centred norm is at most ``eps`` (all-zero or constant) is legal: it becomes the zero
     vector, its distance to everything is 1 and its gradient is 0 (not ``1/eps``). Above ``eps`` the
     division is exact, so the RDM is scale-invariant like ``pdist(metric="correlation")``.
+    Without autograd, a float32/float64 CPU tensor takes the NumPy path (BLAS syrk: half the work of
+    a GEMM, and no OpenMP/OpenBLAS thread contention); the dtype is kept.
     """
     import torch
+
+    inference = not (features.requires_grad and torch.is_grad_enabled())
+    if inference and features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(_gram_rdm(features.detach().numpy(), eps))
 
     z = features.reshape(features.shape[0], -1)
     z = z - z.mean(dim=1, keepdim=True)
@@ -42,13 +48,18 @@ def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor
 
 def correlation_rdm_numpy(features: np.ndarray, eps: float = EPS) -> np.ndarray:
     """NumPy twin of :func:`correlation_rdm` (float32 Gram form) for precomputed features."""
-    z = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    return _gram_rdm(np.asarray(features, dtype=np.float32), eps)
+
+
+def _gram_rdm(features: np.ndarray, eps: float) -> np.ndarray:
+    """Correlation RDM in the dtype of ``features`` (not modified); see :func:`correlation_rdm`."""
+    z = features.reshape(len(features), -1)
     z = z - z.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(z, axis=1, keepdims=True)
     ok = norm > eps
-    z /= np.where(ok, norm, 1.0).astype(np.float32)
+    z /= np.where(ok, norm, 1.0).astype(z.dtype)
     z[~ok[:, 0]] = 0.0
-    rdm = 1.0 - z @ z.T
+    rdm = 1.0 - z @ z.T  # numpy runs ``a @ a.T`` as a BLAS syrk
     rdm = 0.5 * (rdm + rdm.T)
     np.fill_diagonal(rdm, 0.0)
     return rdm
@@ -87,8 +98,29 @@ def _tied_pairs(x: np.ndarray) -> float:
 
 
 def rank_rows(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank) along the last axis."""
-    return rankdata(x, axis=-1, method="average")
+    """Average ranks (ties share their mean rank) along the last axis; a row with a NaN is all NaN.
+
+    Equal to ``scipy.stats.rankdata(x, axis=-1)`` (ties need no stable sort for average ranks, which
+    makes this ~2.5x faster: ranking the model RDM is most of a prepared Spearman comparison).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    p = x.shape[-1] if x.ndim else 0
+    if x.size == 0 or p == 0:
+        return np.array(x, dtype=np.float64)
+    rows = x.reshape(-1, p)
+    order = np.argsort(rows, axis=-1)
+    ordered = np.take_along_axis(rows, order, axis=-1)
+    starts_mask = np.ones(ordered.shape, dtype=bool)  # a tie group starts where the sorted value changes
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts_mask[:, 1:])
+    starts = np.flatnonzero(starts_mask)  # groups never span rows: column 0 always starts one
+    counts = np.diff(np.append(starts, starts_mask.size))
+    mean_rank = starts % p + (counts + 1) / 2.0
+    ranks = np.empty_like(rows)
+    np.put_along_axis(ranks, order, np.repeat(mean_rank, counts).reshape(rows.shape), axis=-1)
+    bad = np.isnan(rows).any(axis=-1)
+    if bad.any():
+        ranks[bad] = np.nan
+    return ranks.reshape(x.shape)
 
 
 class CorrelationMetric:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine as scipy_cosine
 from scipy.spatial.distance import pdist, squareform
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, rankdata, spearmanr
 
 from rsabench.rsa import (
     CosineMetric,
@@ -133,21 +133,40 @@ def test_correlation_rdm_symmetric_zero_diagonal(impl):
 
 
 @pytest.mark.parametrize("fill", [0.0, 0.7], ids=["all-zero", "constant"])
-@pytest.mark.parametrize("impl", ["torch32", "torch64", "numpy"])
+@pytest.mark.parametrize("impl", ["torch32", "torch64", "torch32-autograd", "numpy"])
 def test_correlation_rdm_all_zero_map(impl, fill):
     x = structured_features(np.random.default_rng(4), (6, 3, 4, 4))
     x[2] = fill
     if impl == "numpy":
         r = correlation_rdm_numpy(x)
     else:
-        r = correlation_rdm(torch.from_numpy(x).to(torch.float32 if impl == "torch32" else torch.float64)).numpy()
+        t = torch.from_numpy(x).to(torch.float64 if impl == "torch64" else torch.float32)
+        r = correlation_rdm(t.requires_grad_(impl.endswith("autograd"))).detach().numpy()
     assert np.all(np.isfinite(r))
     others = np.delete(np.arange(6), 2)
-    np.testing.assert_array_equal(r[2, others], 1.0)
-    np.testing.assert_array_equal(r[others, 2], 1.0)
+    # exactly 1 for an all-zero map; for a constant map the float32 centring residual is itself constant,
+    # hence orthogonal to every centred row: 1 to float precision
+    tol = 0.0 if fill == 0.0 else 1e-6
+    np.testing.assert_allclose(r[2, others], 1.0, rtol=0, atol=tol)
+    np.testing.assert_allclose(r[others, 2], 1.0, rtol=0, atol=tol)
     assert r[2, 2] == 0.0
     # the other entries are untouched by the zero map
     np.testing.assert_allclose(r[np.ix_(others, others)], pdist_rdm(x[others]), rtol=0, atol=2e-5)
+
+
+def test_correlation_rdm_inference_and_autograd_paths_agree():
+    """Without autograd the CPU path runs numpy's syrk; with autograd torch's matmul: same RDM."""
+    x = torch.from_numpy(structured_features(np.random.default_rng(12), (30, 2, 5, 5)))
+    for dtype, tol in [(torch.float64, 1e-13), (torch.float32, 1e-6)]:
+        xd = x.to(dtype)
+        with torch.no_grad():
+            fast = correlation_rdm(xd.clone().requires_grad_(True))
+        graph = correlation_rdm(xd.clone().requires_grad_(True))
+        assert graph.requires_grad and not fast.requires_grad
+        assert fast.dtype == graph.dtype == dtype
+        np.testing.assert_allclose(fast.numpy(), graph.detach().numpy(), rtol=0, atol=tol)
+    half = correlation_rdm(x.to(torch.bfloat16))  # a dtype numpy lacks falls back to torch
+    assert half.dtype == torch.bfloat16
 
 
 def test_correlation_rdm_gradcheck():
@@ -222,6 +241,21 @@ def test_upper_tri_keeps_autograd():
 def test_rank_rows_average_ties():
     x = np.array([[3.0, 1.0, 3.0, 2.0, 3.0], [0.5, 0.5, 0.1, 0.9, 0.1]])
     np.testing.assert_array_equal(rank_rows(x), [[4.0, 1.0, 4.0, 2.0, 4.0], [3.5, 3.5, 1.5, 5.0, 1.5]])
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.random.default_rng(0).random(4186),
+        np.round(np.random.default_rng(1).random((15, 300)) * 5),  # many ties
+        np.round(np.random.default_rng(2).standard_normal((3, 2, 40)), 1),
+        np.array([[1.0, np.nan, 2.0], [3.0, 3.0, 1.0]]),  # a NaN row propagates, as in scipy
+        np.array([[-0.0, 0.0, np.inf, -np.inf, np.inf, 7.0]]),
+        np.array([2.5]),
+    ],
+)
+def test_rank_rows_equals_scipy_rankdata(x):
+    np.testing.assert_array_equal(rank_rows(x), rankdata(x, axis=-1, method="average"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_spearman_ceilings_plain_reference(rdms):
     upper = np.mean([np.mean([spearmanr(pooled, vecs[s, k])[0] for k in range(2)]) for s in range(4)])
     lower = np.mean(
         [
-            np.mean([spearmanr(np.delete(ranks, s, axis=0).reshape(6, -1).mean(axis=0), vecs[s, k])[0] for k in range(2)])
+            np.mean([spearmanr(np.delete(ranks, s, axis=0).reshape(6, -1).mean(axis=0), vecs[s, k])[0] for k in (0, 1)])
             for s in range(4)
         ]
     )
@@ -176,19 +176,23 @@ def candidate_rdm(scorer: TargetScorer, seed: int, kind: str, scale: float) -> n
     return squareform(vec, checks=False)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
+CANDIDATES = dict(
     seed=st.integers(0, 2**32 - 1),
     kind=st.sampled_from(["random", "perturbed-pool", "subject-mixture"]),
     scale=st.floats(0.0, 10.0, allow_nan=False),
 )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**CANDIDATES)
 def test_pearson_nothing_scores_above_the_upper_ceiling(pearson_scorer, seed, kind, scale):
+    """The pooled z-scored RDM maximises the mean Pearson r over subjects: the ceiling is an upper bound."""
     raw = pearson_scorer.raw_values(candidate_rdm(pearson_scorer, seed, kind, scale))[0]
     assert raw <= pearson_scorer.ceiling_upper + 1e-12
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["random", "perturbed-pool", "subject-mixture"]), scale=st.floats(0.0, 10.0))
+@given(**CANDIDATES)
 def test_cosine_nothing_scores_above_the_upper_ceiling(cosine_scorer, seed, kind, scale):
     raw = cosine_scorer.raw_values(candidate_rdm(cosine_scorer, seed, kind, scale))[0]
     assert raw <= cosine_scorer.ceiling_upper + 1e-12
