@@ -34,12 +34,7 @@ def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor
     if inference and features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64):
         return torch.from_numpy(_gram_rdm(features.detach().numpy(), eps))
 
-    z = features.reshape(features.shape[0], -1)
-    z = z - z.mean(dim=1, keepdim=True)
-    norm = z.norm(dim=1, keepdim=True)
-    ok = norm > eps
-    # double `where`: the masked branch never divides by ~0, so no inf/NaN reaches the backward pass
-    z = torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
+    z = unit_features(features, eps)
     rdm = 1.0 - z @ z.T
     # exact zeros on the diagonal, symmetric to the last bit
     rdm = 0.5 * (rdm + rdm.T)
@@ -59,7 +54,24 @@ def _gram_rdm(features: np.ndarray, eps: float) -> np.ndarray:
     ok = norm > eps
     z /= np.where(ok, norm, 1.0).astype(z.dtype)
     z[~ok[:, 0]] = 0.0
-    rdm = 1.0 - z @ z.T  # numpy runs ``a @ a.T`` as a BLAS syrk
+    return rdm_from_unit_rows(z)
+
+
+def unit_features(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor":
+    """Flatten per image, centre across features, L2-normalise; a map with centred norm <= eps → zeros."""
+    import torch
+
+    z = features.reshape(features.shape[0], -1)
+    z = z - z.mean(dim=1, keepdim=True)
+    norm = z.norm(dim=1, keepdim=True)
+    ok = norm > eps
+    # double `where`: the masked branch never divides by ~0, so no inf/NaN reaches the backward pass
+    return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
+
+
+def rdm_from_unit_rows(z: np.ndarray) -> np.ndarray:
+    """``1 - Z Zᵀ`` of unit rows, exactly symmetric with a zero diagonal (numpy runs it as a BLAS syrk)."""
+    rdm = 1.0 - z @ z.T
     rdm = 0.5 * (rdm + rdm.T)
     np.fill_diagonal(rdm, 0.0)
     return rdm

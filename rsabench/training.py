@@ -27,7 +27,7 @@ import torch
 from .backbone import LayerTaps, set_bn_mode, trainable_parameters
 from .errors import UsageError
 from .objective import Objective
-from .rsa import EPS
+from .rsa import rdm_from_unit_rows, unit_features
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -55,18 +55,12 @@ def extract_rdms(
     for start in range(0, len(images), batch_size):
         x = _to_device(images[start : start + batch_size], device, channels_last)
         for layer, out in taps(x).items():
-            z = out.reshape(len(x), -1).float()
-            z = z - z.mean(dim=1, keepdim=True)
-            units[layer].append((z / (z.norm(dim=1, keepdim=True) + EPS)).cpu())
+            units[layer].append(unit_features(out.float()).cpu())
         if advance:
             advance(len(x))
     rdms = np.empty((len(layers), len(images), len(images)), dtype=np.float32)
     for k, layer in enumerate(layers):
-        z = torch.cat(units[layer])
-        rdm = 1.0 - z @ z.T
-        rdm = 0.5 * (rdm + rdm.T)
-        rdm.fill_diagonal_(0.0)
-        rdms[k] = rdm.numpy()
+        rdms[k] = rdm_from_unit_rows(torch.cat(units[layer]).numpy())
         units[layer].clear()
     return rdms
 
