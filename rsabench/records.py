@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 SCHEMA = "rsabench.cell/1"
 
@@ -32,20 +33,35 @@ def record_path(runs_dir: Path, config: dict[str, Any], cell: str) -> Path:
     return Path(runs_dir) / safe(config["dataset"]) / name
 
 
-def write_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path`` (and fsync the
+    directory), on any error remove it: readers see the old file or the complete new one, never half."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(document, fh, indent=1, sort_keys=False, allow_nan=True)
-            fh.write("\n")
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # make the rename durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write a JSON document atomically (see :func:`atomic_open`)."""
+    with atomic_open(path) as fh:
+        json.dump(document, fh, indent=1, sort_keys=False, allow_nan=True)
+        fh.write("\n")
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

@@ -9,13 +9,10 @@ checkpoints written atomically after every epoch, from which a killed run resume
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import os
 import random
 import shutil
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ import torch
 from .backbone import LayerTaps, set_bn_mode, trainable_parameters
 from .errors import UsageError
 from .objective import Objective
+from .records import atomic_open
 from .rsa import rdm_from_unit_rows, unit_features
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
@@ -329,22 +327,8 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable too
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:

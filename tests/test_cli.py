@@ -30,7 +30,6 @@ def two_runs(tmp_path_factory):
     """The acceptance command, run twice into separate run directories."""
     dirs = [tmp_path_factory.mktemp(f"runs{i}") for i in range(2)]
     results = []
-    capture = pytest.CaptureFixture  # noqa: F841 - capsys is function-scoped; use subprocess-free main with capfd below
     for d in dirs:
         try:
             main([*RUN, "--runs-dir", str(d), "--format", "json"])
