@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
-from scipy.stats import t as student_t
 
 from .errors import UsageError
 from .scoring import BOOTSTRAP_SAMPLES, CI_LEVEL, Score, TargetScorer, bootstrap_indices
@@ -48,19 +47,6 @@ OFFICIAL_SIZES: dict[str, int] = {"92": 92, "118": 118, "78": 78}
 """Images per group in the release: a devkit constant applies only to RDMs of that size (the official data)."""
 ALGONAUTS_MODALITY: dict[str, str] = {"algonauts-fmri": "fmri", "algonauts-meg": "meg"}
 DEVKIT_P_VALUE = "two-sided one-sample t-test over subjects of the per-subject R² against 0 (as the devkit)"
-
-
-def ttest_pvalues(values: np.ndarray) -> np.ndarray:
-    """Two-sided one-sample t-test against 0 along the last axis (vectorised ``scipy.stats.ttest_1samp``)."""
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    n = values.shape[-1]
-    if n < 2:
-        return np.full(values.shape[:-1], np.nan)
-    mean = values.mean(axis=-1)
-    sd = values.std(axis=-1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = mean / (sd / np.sqrt(n))
-    return 2.0 * student_t.sf(np.abs(t), n - 1)
 
 
 def _unit_centered(x: np.ndarray) -> np.ndarray:
@@ -93,66 +79,11 @@ def devkit_noise_ceiling(vectors: np.ndarray, prepared: np.ndarray | None = None
     return lower, upper
 
 
-class _Scores:
-    """Builds :class:`Score` objects for many models at once (vectorised CIs and p-values)."""
-
-    convention: str
-    metric: Any
-    bootstrap: np.ndarray
-    index: np.ndarray
-    n_subjects: int
-    ceiling_lower: float
-    ceiling_upper: float
-
-    def _build(self, values: np.ndarray, signed: np.ndarray, extra: dict[str, Any]) -> list[Score]:
-        raw = values.mean(axis=1)
-        alpha = (1.0 - CI_LEVEL) / 2.0
-        boot = values[:, self.bootstrap].mean(axis=2)  # (M, B)
-        lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], axis=1)
-        p_values = ttest_pvalues(values)
-        p_rho = ttest_pvalues(signed)
-        scores = []
-        for m in range(len(values)):
-            scores.append(
-                Score(
-                    raw=float(raw[m]),
-                    per_subject=[float(v) for v in values[m]],
-                    ceiling_lower=self.ceiling_lower,
-                    ceiling_upper=self.ceiling_upper,
-                    normalized=100.0 * float(raw[m]) / self.ceiling_upper if self.ceiling_upper else float("nan"),
-                    ci_low=float(lo[m]),
-                    ci_high=float(hi[m]),
-                    n_subjects=self.n_subjects,
-                    n_images=len(self.index),
-                    convention=self.convention,
-                    metric=self.metric.name,
-                    rho=float(signed[m].mean()),
-                    extra={
-                        **extra,
-                        "p_value": float(p_values[m]),
-                        "rho_per_subject": [float(v) for v in signed[m]],
-                        "rho_p_value": float(p_rho[m]),
-                    },
-                )
-            )
-        return scores
+ComputedScorer = TargetScorer
+"""Convention ``computed``: ceilings from the data on the scored pairs (:class:`TargetScorer`)."""
 
 
-class ComputedScorer(_Scores, TargetScorer):
-    """:class:`TargetScorer` (convention ``computed``) that also logs a t-test p-value over subjects."""
-
-    convention = "computed"
-
-    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
-        per_subject = self._per_subject(self.model_vectors(model_rdms))
-        extra = {
-            "p_value_test": "two-sided one-sample t-test over subjects of the per-subject value against 0",
-            "ceiling_source": "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)",
-        }
-        return self._build(per_subject, per_subject, extra)
-
-
-class Algonauts2019Scorer(_Scores, TargetScorer):
+class Algonauts2019Scorer(TargetScorer):
     """The devkit's scoring: per-subject ``(mean over sessions of Spearman)²``; see module docstring.
 
     ``noise_ceiling``: the devkit constant (R²) to normalise by; ``None`` computes it from the data the

@@ -132,30 +132,61 @@ class TargetScorer:
         return self._per_subject(self.model_vectors(model_rdms)).mean(axis=1)
 
     def score_many(self, model_rdms: np.ndarray) -> list[Score]:
-        """Full :class:`Score` per model RDM."""
+        """Full :class:`Score` per model RDM (p-value: t-test over subjects of the per-subject value)."""
         per_subject = self._per_subject(self.model_vectors(model_rdms))
-        return [self._make_score(row) for row in per_subject]
+        extra = {
+            "p_value_test": "two-sided one-sample t-test over subjects of the per-subject value against 0",
+            "ceiling_source": "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)",
+        }
+        return self._build(per_subject, per_subject, extra)
 
     def score(self, model_rdm: np.ndarray) -> Score:
         return self.score_many(model_rdm)[0]
 
-    def _make_score(self, per_subject: np.ndarray) -> Score:
-        raw = float(per_subject.mean())
-        lo, hi = percentile_ci(per_subject, self.bootstrap)
-        return Score(
-            raw=raw,
-            per_subject=[float(v) for v in per_subject],
-            ceiling_lower=self.ceiling_lower,
-            ceiling_upper=self.ceiling_upper,
-            normalized=100.0 * raw / self.ceiling_upper if self.ceiling_upper else float("nan"),
-            ci_low=lo,
-            ci_high=hi,
-            n_subjects=self.n_subjects,
-            n_images=len(self.index),
-            convention=self.convention,
-            metric=self.metric.name,
-            rho=raw,
-        )
+    def _build(self, values: np.ndarray, signed: np.ndarray, extra: dict[str, Any]) -> list[Score]:
+        """Scores from per-subject ``values`` ``(M, S)`` (and the signed correlations behind them)."""
+        raw = values.mean(axis=1)
+        alpha = (1.0 - CI_LEVEL) / 2.0
+        lo, hi = np.quantile(values[:, self.bootstrap].mean(axis=2), [alpha, 1.0 - alpha], axis=1)
+        p_values, p_rho = ttest_pvalues(values), ttest_pvalues(signed)
+        return [
+            Score(
+                raw=float(raw[m]),
+                per_subject=[float(v) for v in values[m]],
+                ceiling_lower=self.ceiling_lower,
+                ceiling_upper=self.ceiling_upper,
+                normalized=100.0 * float(raw[m]) / self.ceiling_upper if self.ceiling_upper else float("nan"),
+                ci_low=float(lo[m]),
+                ci_high=float(hi[m]),
+                n_subjects=self.n_subjects,
+                n_images=len(self.index),
+                convention=self.convention,
+                metric=self.metric.name,
+                rho=float(signed[m].mean()),
+                extra={
+                    **extra,
+                    "p_value": float(p_values[m]),
+                    "rho_per_subject": [float(v) for v in signed[m]],
+                    "rho_p_value": float(p_rho[m]),
+                },
+            )
+            for m in range(len(values))
+        ]
+
+
+def ttest_pvalues(values: np.ndarray) -> np.ndarray:
+    """Two-sided one-sample t-test against 0 along the last axis (vectorised ``scipy.stats.ttest_1samp``)."""
+    from scipy.stats import t as student_t
+
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n = values.shape[-1]
+    if n < 2:
+        return np.full(values.shape[:-1], np.nan)
+    mean = values.mean(axis=-1)
+    sd = values.std(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / (sd / np.sqrt(n))
+    return 2.0 * student_t.sf(np.abs(t), n - 1)
 
 
 def paired_delta(a: Score, b: Score, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float, float]:
