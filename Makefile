@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/rsabench run --dataset kriegeskorte2008 --backbone alexnet --objective frozen --objective dissim \
 		--weights random --image-size 64 --epochs 3 --runs-dir $(RUNS)/demo
 
-## The test suite (about 10 minutes on 2 CPU cores).
+## The test suite (a few minutes on 2 CPU cores).
 test: setup
 	$(BIN)/python -m pytest -q
 
