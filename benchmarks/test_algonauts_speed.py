@@ -18,9 +18,7 @@ Run: ``pytest benchmarks/test_algonauts_speed.py -s`` (results in benchmarks/RES
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -29,6 +27,7 @@ from scipy.stats import spearmanr, ttest_1samp
 
 from rsabench.conventions import scorer_for
 from rsabench.rsa import SpearmanMetric, correlation_rdm_numpy
+from timing import best_time
 
 SPEEDUP_TARGET = 10.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +36,6 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 NC92 = {"EVC_RDMs": 0.1589, "IT_RDMs": 0.3075}
 
 
-def best_time(fn: Callable[[], object], number: int) -> float:
-    best = float("inf")
-    for _ in range(number):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 @pytest.fixture(scope="module")

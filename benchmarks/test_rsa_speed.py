@@ -12,7 +12,6 @@ Run: ``pytest benchmarks/test_rsa_speed.py`` (results in benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +22,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
 from rsabench.rsa import SpearmanMetric, correlation_rdm, correlation_rdm_numpy, upper_tri
+from timing import best_time
 
 N_IMAGES, N_FEATURES = 1000, 4096
 RDM_SPEEDUP_TARGET = 15.0
@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RSABENCH_TEST_DATA", ROOT.parent / "shared" / "data"))
 
 
-def best_time(fn: Callable[[], object], number: int) -> float:
-    """Best wall time of ``number`` calls (seconds per call)."""
-    best = float("inf")
-    for _ in range(number):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def interleaved_speedup(slow: Callable[[], object], fast: Callable[[], object], rounds: int, slow_n: int, fast_n: int):

@@ -370,7 +370,11 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
     curves: list[dict[str, Any]] = []
     best_layer_at: dict[int, str] = {}
 
+    untrained: dict[str, float] = {}
+
     def evaluate(epoch: int) -> float:
+        if epoch == 0 and "value" in untrained:  # asked twice when loss_layer=auto: compute once
+            return untrained["value"]
         per_layer = np.zeros(len(layers))
         for g in groups:
             idx = splits[g]["validation"]
@@ -380,6 +384,8 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
             per_layer += raw / len(groups)
             curves.extend({"epoch": epoch, "group": g, "layer": layer, "raw": float(v)} for layer, v in zip(layers, raw))
         best_layer_at[epoch] = layers[int(np.argmax(per_layer))]
+        if epoch == 0:
+            untrained["value"] = float(per_layer.max())
         return float(per_layer.max())
 
     t0 = time.perf_counter()
@@ -406,8 +412,6 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
         settings = TrainSettings(**config["train"])
         settings.validate()
         n_train = sum(len(splits[g]["train"]) for g in groups)
-        curves.clear()
-        best_layer_at.clear()
 
         def restore(extra: dict[str, Any]) -> None:
             curves[:] = extra["curves"]

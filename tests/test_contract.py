@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from rsabench import testing
@@ -44,9 +41,3 @@ def test_metric_contract(name):
 @pytest.mark.parametrize("name", PLUGINS.executors.names())
 def test_executor_contract(name):
     testing.check_executor(PLUGINS.executors.get(name))
-
-
-@pytest.fixture
-def shared_data_or_none() -> Path | None:
-    path = Path(os.environ.get("RSABENCH_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return path if path.is_dir() else None
