@@ -1,13 +1,26 @@
-"""Name registries for plugins: exact names, aliases, ``prefix:`` namespaces, wildcard listing, did-you-mean."""
+"""Name registries for plugins: exact names, aliases, ``prefix:`` namespaces, wildcard listing, did-you-mean.
+
+A plugin's hook registers into a :class:`Register`, which only *stages* its names; the plugin loader
+commits them all at once or none (:meth:`Registry.commit`), so a hook that fails half-way leaves nothing
+behind, and a name that is already taken (by a built-in above all) makes the newcomer the one skipped.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import UsageError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(:[A-Za-z0-9][A-Za-z0-9_.+-]*)?$")
+"""Registered names and aliases: letters, digits and ``_.+-`` (not first), optionally ``prefix:name``.
+They become parts of file names under ``--runs-dir``, so nothing that could name a path is allowed."""
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -41,18 +54,58 @@ class Registry:
     aliases: dict[str, str] = field(default_factory=dict)
     namespaces: dict[str, Namespace] = field(default_factory=dict)
 
-    def add(self, entry: Entry) -> None:
-        for key in (entry.name, *entry.aliases):
-            if key in self.entries or key in self.aliases:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
-        self.entries[entry.name] = entry
-        for alias in entry.aliases:
-            self.aliases[alias] = entry.name
+    def owner(self, key: str) -> str | None:
+        """The plugin that holds ``key`` as a name, an alias or a namespace prefix (None: free)."""
+        if key in self.entries:
+            return self.entries[key].plugin
+        if key in self.aliases:
+            return self.entries[self.aliases[key]].plugin
+        prefix, sep, _ = key.partition(":")
+        if sep and prefix in self.namespaces:
+            return self.namespaces[prefix].plugin
+        return None
 
-    def add_namespace(self, namespace: Namespace) -> None:
-        if namespace.prefix in self.namespaces:
-            raise ValueError(f"{self.kind} namespace {namespace.prefix!r} is registered twice")
-        self.namespaces[namespace.prefix] = namespace
+    def _taken_by(self, item: Entry | Namespace, plugin: str) -> str | None:
+        """Who already holds a name of ``item`` (a plugin may add ``prefix:name`` entries to its own namespace)."""
+        if isinstance(item, Namespace):
+            if item.prefix in self.namespaces:
+                return self.namespaces[item.prefix].plugin
+            return next((e.plugin for e in self.entries.values() if e.name.startswith(f"{item.prefix}:") and e.plugin != plugin), None)
+        for key in (item.name, *item.aliases):
+            owner = self.owner(key)
+            if owner is not None and (owner != plugin or key in self.entries or key in self.aliases):
+                return owner
+        return None
+
+    def conflicts(self, staged: list[Entry | Namespace], plugin: str) -> list[str]:
+        """Why ``staged`` cannot be committed: invalid names, or names taken (here or within ``staged``)."""
+        problems: list[str] = []
+        seen: set[str] = set()
+        for item in staged:
+            if isinstance(item, Namespace):
+                keys, valid = [f"{item.prefix}:"], isinstance(item.prefix, str) and bool(PREFIX_RE.match(item.prefix))
+            else:
+                keys = [item.name, *item.aliases]
+                valid = all(isinstance(k, str) and NAME_RE.match(k) for k in keys)
+            taken = self._taken_by(item, plugin) if valid else None
+            if not valid:
+                problems.append(f"invalid {self.kind} name {', '.join(map(repr, keys))} (letters, digits and _.+- only, optionally prefix:name)")
+            elif taken:
+                problems.append(f"{self.kind} {keys[0]!r} is already registered by plugin {taken!r}")
+            elif seen.intersection(keys):
+                problems.append(f"{self.kind} {keys[0]!r} is registered twice by this plugin")
+            seen.update(keys)
+        return problems
+
+    def commit(self, staged: list[Entry | Namespace]) -> None:
+        """Add staged entries and namespaces (after :meth:`conflicts` found none)."""
+        for item in staged:
+            if isinstance(item, Namespace):
+                self.namespaces[item.prefix] = item
+                continue
+            self.entries[item.name] = item
+            for alias in item.aliases:
+                self.aliases[alias] = item.name
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names (not aliases) matching an fnmatch pattern, sorted."""
@@ -81,6 +134,11 @@ class Registry:
         prefix, _, rest = name.partition(":")
         return self.namespaces[prefix].resolver(rest)
 
+    def plugin_of(self, name: str) -> str:
+        """The plugin that provides ``name`` (its entry's or its namespace's)."""
+        name = self.canonical(name)
+        return self.owner(name) or ""
+
     def summary(self, name: str) -> str:
         name = self.canonical(name)
         if name in self.entries:
@@ -89,11 +147,12 @@ class Registry:
 
 
 class Register:
-    """The ``register`` callable handed to a plugin's hook implementation."""
+    """The ``register`` callable handed to a plugin's hook implementation; it stages what is registered."""
 
     def __init__(self, registry: Registry, plugin: str) -> None:
-        self._registry = registry
-        self._plugin = plugin
+        self.registry = registry
+        self.plugin = plugin
+        self.staged: list[Entry | Namespace] = []
 
     def __call__(
         self,
@@ -102,10 +161,10 @@ class Register:
         summary: str = "",
         aliases: tuple[str, ...] | list[str] = (),
     ) -> None:
-        doc = summary or (factory.__doc__ or "").strip().splitlines()[0:1]
-        if isinstance(doc, list):
-            doc = doc[0] if doc else ""
-        self._registry.add(Entry(name, factory, doc, self._plugin, tuple(aliases)))
+        if not callable(factory):
+            raise TypeError(f"{self.registry.kind} {name!r}: the factory must be callable, got {type(factory).__name__}")
+        doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
+        self.staged.append(Entry(name, factory, doc, self.plugin, tuple(aliases)))
 
     def namespace(
         self,
@@ -114,19 +173,38 @@ class Register:
         lister: Callable[[str], list[str]],
         summary: str = "",
     ) -> None:
-        self._registry.add_namespace(Namespace(prefix, resolver, lister, summary, self._plugin))
+        self.staged.append(Namespace(prefix, resolver, lister, summary, self.plugin))
 
 
 def lazy(path: str) -> Callable[..., Any]:
-    """A factory that imports ``"package.module:attr"`` only when first called (keeps registration cheap)."""
+    """A factory that imports ``"package.module:attr"`` only when first called (keeps registration cheap).
+
+    ``factory.target()`` imports and returns the implementation itself (for option introspection).
+    """
     module_name, _, attr = path.partition(":")
 
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        import importlib
+    def target() -> Any:
+        return getattr(importlib.import_module(module_name), attr)
 
-        return getattr(importlib.import_module(module_name), attr)(*args, **kwargs)
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        return target()(*args, **kwargs)
 
     factory.__qualname__ = factory.__name__ = f"lazy({path})"
     factory.__doc__ = f"Imports and calls {path}."
     factory.__module__ = module_name  # where the implementation lives (used to find a module's describe())
+    factory.target = target  # type: ignore[attr-defined]
     return factory
+
+
+def accepted_options(factory: Callable[..., Any], skip: int = 0) -> tuple[str, ...] | None:
+    """Keyword options ``factory`` accepts (after ``skip`` leading positional parameters), or None when it
+    takes ``**kwargs`` (it then checks its own options) or cannot be inspected."""
+    impl = factory.target() if callable(getattr(factory, "target", None)) else factory
+    try:
+        params = list(inspect.signature(impl).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return tuple(named[skip:])

@@ -13,19 +13,28 @@ from rsabench.plugins import build_plugins
 from rsabench.registry import Entry, Registry
 
 
-def test_wildcards_aliases_and_suggestions():
+def _registry(*entries: Entry) -> Registry:
     reg = Registry("backbone")
-    reg.add(Entry("vgg16", lambda: 1, aliases=("vgg",)))
-    reg.add(Entry("vgg19", lambda: 2))
-    reg.add(Entry("alexnet", lambda: 3))
+    assert not reg.conflicts(list(entries), "test")
+    reg.commit(list(entries))
+    return reg
+
+
+def test_wildcards_aliases_and_suggestions():
+    reg = _registry(Entry("vgg16", lambda: 1, aliases=("vgg",), plugin="test"), Entry("vgg19", lambda: 2, plugin="test"), Entry("alexnet", lambda: 3, plugin="test"))
     assert reg.names("vgg*") == ["vgg16", "vgg19"]
     assert reg.get("vgg")() == 1
     with pytest.raises(UsageError, match=r"did you mean 'alexnet'"):
         reg.get("alexnt")
     with pytest.raises(UsageError, match="unknown backbone 'zzz'"):
         reg.get("zzz")
-    with pytest.raises(ValueError, match="registered twice"):
-        reg.add(Entry("vgg16", lambda: 4))
+    assert reg.conflicts([Entry("vgg16", lambda: 4, plugin="other")], "other") == ["backbone 'vgg16' is already registered by plugin 'test'"]
+    assert "already registered" in reg.conflicts([Entry("new", lambda: 4, aliases=("vgg",))], "other")[0]
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "../escape", "", "x y", "a\\b", "-dash"])
+def test_names_that_could_name_a_path_are_refused(name):
+    assert "invalid backbone name" in Registry("backbone").conflicts([Entry(name, lambda: 1)], "p")[0]
 
 
 class GoodPlugin:
@@ -37,7 +46,39 @@ class GoodPlugin:
 class RaisingPlugin:
     @hookimpl
     def register_metrics(self, register):
+        register("half-registered", lambda: None)
         raise RuntimeError("boom")
+
+
+class ImpostorPlugin:
+    """Registers a new dataset and a built-in's name in one hook: the whole hook is refused."""
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("my-fine-dataset", lambda data_dir: None)
+        register("kriegeskorte2008", lambda data_dir: "impostor")
+
+    @hookimpl
+    def register_objectives(self, register):
+        register("impostor-objective", lambda: None)
+
+
+class NamespaceThief:
+    @hookimpl
+    def register_backbones(self, register):
+        register("timm:resnet18", lambda: "stolen")
+
+
+class MisspeltPlugin:
+    @hookimpl
+    def register_dataset(self, register):  # singular: not an rsabench hook
+        register("never", lambda data_dir: None)
+
+
+class BadNamePlugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register("..", lambda data_dir: None)
 
 
 def test_external_plugin_registers_like_builtins_and_broken_one_is_skipped():
@@ -45,8 +86,39 @@ def test_external_plugin_registers_like_builtins_and_broken_one_is_skipped():
     assert plugins.objectives.get("toy")() == "toy-objective"
     assert plugins.objectives.entries["toy"].plugin == "good"
     assert "frozen" in plugins.objectives.names()  # built-ins still there
-    assert "bad" in plugins.load_errors and "boom" in plugins.load_errors["bad"]
+    assert "bad" in plugins.load_errors and "boom" in plugins.load_errors["bad"][0]
+    assert "half-registered" not in plugins.metrics.names()  # all or nothing per hook
     assert "spearman" in plugins.metrics.names()
+
+
+def test_builtins_cannot_be_hijacked_and_the_impostor_is_named():
+    plugins = build_plugins(extra={"impostor": ImpostorPlugin(), "thief": NamespaceThief()})
+    assert plugins.datasets.entries["kriegeskorte2008"].plugin == "rsabench.datasets"
+    assert set(plugins.datasets.names()) >= {"kriegeskorte2008", "synthetic", "nsd", "algonauts-fmri", "algonauts-meg"}
+    assert "my-fine-dataset" not in plugins.datasets.names()
+    assert plugins.load_errors["impostor"] == [
+        "dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'; none of its datasets were registered"
+    ]
+    assert "impostor-objective" in plugins.objectives.names()  # its other hook is unaffected
+    assert plugins.load_errors["thief"] == ["backbone 'timm:resnet18' is already registered by plugin 'rsabench.backbones'; none of its backbones were registered"]
+    assert plugins.backbones.plugin_of("timm:resnet18") == "rsabench.backbones"
+    assert not any(n.startswith("rsabench") for n in plugins.load_errors)
+
+
+def test_misspelt_hook_and_path_like_names_are_reported():
+    plugins = build_plugins(extra={"typo": MisspeltPlugin(), "badname": BadNamePlugin()})
+    assert "unknown hook 'register_dataset'; did you mean 'register_datasets'?" in plugins.load_errors["typo"][0]
+    assert "invalid dataset name '..'" in plugins.load_errors["badname"][0]
+    assert "never" not in plugins.datasets.names() and ".." not in plugins.datasets.names()
+
+
+def test_cell_hash_covers_only_the_plugins_a_cell_uses():
+    base = build_plugins()
+    more = build_plugins(extra={"good": GoodPlugin(), "bad": RaisingPlugin()})
+    kw = dict(dataset="kriegeskorte2008", backbone="alexnet", objective="dissim", metric="spearman")
+    assert base.used_versions(**kw) == more.used_versions(**kw)
+    assert set(base.used_versions(**kw)) == {"rsabench.datasets", "rsabench.backbones", "rsabench.objectives", "rsabench.metrics"}
+    assert more.used_versions(dataset="kriegeskorte2008", backbone="alexnet", objective="toy", metric="spearman")["good"] == "local"
 
 
 def test_entry_point_that_fails_to_import_is_reported_by_name(tmp_path, monkeypatch):
