@@ -264,3 +264,142 @@ def array_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     except Exception as exc:
         raise DataError(f"{path}: cannot read as a MATLAB file; truncated or corrupt? ({_short(exc)})") from None
     return {k: v.shape for k, v in read_arrays(path).items() if isinstance(v, np.ndarray)}
+
+
+# -- pickled dicts in .npy files, read without unpickling -----------------------------------------
+class _Global:
+    """A ``module.name`` reference in a pickle stream; never imported."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+        self.state: object = None
+
+
+class _Dtype:
+    def __init__(self, code: str) -> None:
+        self.code, self.order = code, "|"
+
+
+_MARK = object()
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_PUSH_ARG = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT", "SHORT_BINUNICODE",
+             "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING", "SHORT_BINBYTES",
+             "BINBYTES", "BINBYTES8"}
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+
+
+def _reduce(func: object, args: object) -> object:
+    """What REDUCE would build, for the few numpy callables a pickled scalar-keyed dict uses; else opaque."""
+    if isinstance(func, _Global) and isinstance(args, tuple):
+        if (func.module, func.name) == ("numpy", "dtype") and args and isinstance(args[0], str):
+            return _Dtype(args[0])
+        if func.module in _NUMPY_MODULES and func.name == "scalar" and len(args) == 2 and isinstance(args[0], _Dtype):
+            dtype = np.dtype(args[0].order.replace("|", "=") + args[0].code)
+            if dtype.kind in "iub" and isinstance(args[1], bytes) and len(args[1]) == dtype.itemsize:
+                return np.frombuffer(args[1], dtype=dtype)[0].item()
+    return _Global("?", "object")
+
+
+def _pickled_dicts(data: bytes) -> list[dict]:
+    """Every dict a pickle stream builds, by reading its opcodes (``pickletools.genops``): nothing is
+    imported or called, so a crafted stream can run no code. Only plain values (numbers, strings,
+    numpy integer scalars) are reconstructed; anything else stays an opaque placeholder."""
+    import pickletools
+
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    dicts: list[dict] = []
+
+    def pop_mark() -> list[object]:
+        k = len(stack) - 1 - stack[::-1].index(_MARK)
+        items = stack[k + 1 :]
+        del stack[k:]
+        return items
+
+    for op, arg, _pos in pickletools.genops(data):
+        name = op.name
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "STOP":
+            break
+        if name in _PUSH_ARG:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name == "MARK":
+            stack.append(_MARK)
+        elif name == "EMPTY_DICT":
+            dicts.append({})
+            stack.append(dicts[-1])
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name == "TUPLE":
+            stack.append(tuple(pop_mark()))
+        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(memo[int(arg)])
+        elif name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            stack.append(_Global(module, attr))
+        elif name == "STACK_GLOBAL":
+            attr, module = stack.pop(), stack.pop()
+            stack.append(_Global(str(module), str(attr)))
+        elif name in ("REDUCE", "NEWOBJ"):
+            args, func = stack.pop(), stack.pop()
+            stack.append(_reduce(func, args))
+        elif name == "BUILD":
+            state, obj = stack.pop(), stack[-1]
+            if isinstance(obj, _Dtype) and isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], str):
+                obj.order = state[1]
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            if isinstance(stack[-1], dict):
+                stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = pop_mark()
+            if isinstance(stack[-1], dict):
+                stack[-1].update(zip(items[::2], items[1::2]))
+        elif name == "APPEND":
+            value = stack.pop()
+            if isinstance(stack[-1], list):
+                stack[-1].append(value)
+        elif name == "APPENDS":
+            items = pop_mark()
+            if isinstance(stack[-1], list):
+                stack[-1].extend(items)
+        else:
+            raise ValueError(f"unsupported pickle opcode {name}")
+    return dicts
+
+
+def read_npy_dict(path: str | os.PathLike) -> dict:
+    """The one dict pickled in a ``.npy`` file (``np.save(path, {label: name})``), read without unpickling.
+
+    Raises DataError naming the file when it is not a .npy file holding exactly one dict of plain values.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            payload = fh.read()
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read as a NumPy .npy file ({_short(exc)})") from None
+    if dtype != np.dtype(object) or shape != ():
+        raise DataError(f"{path}: expected a pickled dict {{label: name}} (a 0-d object array), got dtype {dtype} shape {shape}")
+    try:
+        dicts = _pickled_dicts(payload)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a plain pickled dict ({_short(exc)})") from None
+    if len(dicts) != 1:
+        raise DataError(f"{path}: expected exactly one pickled dict {{label: name}}, found {len(dicts)}")
+    return dicts[0]

@@ -258,10 +258,14 @@ def test_bad_options(small, options, match):
         nsd.load(data_dir, **options)
 
 
-def test_unknown_option_warns(small):
-    data_dir, _ = small
-    with pytest.warns(UserWarning, match="max_image"):
-        nsd.load(data_dir, rois="OPA", max_image="3")
+def test_unknown_option_is_a_usage_error():
+    from rsabench.options import route_options
+    from rsabench.registry import accepted_options
+
+    accepted = {"nsd": accepted_options(build_plugins().datasets.get("nsd"), skip=1)}
+    assert accepted["nsd"] == ("subjects", "images", "max_images", "rois", "max_rdm_gb")
+    with pytest.raises(UsageError, match="no dataset of this run takes option 'max_image'; did you mean 'max_images'"):
+        route_options("--dataset-option", "dataset", [("rois", "OPA"), ("max_image", "3")], accepted)
 
 
 def test_checksums_follow_the_selected_data(small):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsabench.dataset import Dataset, StimulusGroup, Target, sha256_file
+from rsabench.dataset import Dataset, StimulusGroup, Target
 
 CITATION = (
     "Kriegeskorte N, Mur M, Ruff DA, Kiani R, Bodurka J, Esteky H, Tanaka K, Bandettini PA (2008). "
@@ -21,13 +21,13 @@ def data_file() -> Path:
     return Path(str(resources.files("rsabench.data").joinpath("kriegeskorte2008.npz")))
 
 
-def load(data_dir: Path | None = None, **options: object) -> Dataset:
+def load(data_dir: Path | None = None) -> Dataset:
     """The embedded dataset: one group of 92 images, target ``hIT`` (4 subjects x 2 sessions).
 
     No separate test set exists, so train, validation and test are disjoint *images* drawn from the 92.
     """
     path = data_file()
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         rdms = npz["rdms"].astype(np.float64)
         images = npz["images"]
     ids = [f"image_{i + 1:02d}" for i in range(images.shape[0])]
@@ -41,5 +41,5 @@ def load(data_dir: Path | None = None, **options: object) -> Dataset:
         citation=CITATION,
         license=LICENSE,
         description="Human inferior temporal cortex fMRI RDMs (4 subjects x 2 sessions), 92 object images.",
-        checksums={path.name: sha256_file(path)},
+        files={path.name: [path]},
     )

@@ -5,7 +5,7 @@ Files (under ``<data_dir>/nsd/``, exactly as the Algonauts 2023 release unpacks)
     subjXX/training_split/training_images/train-0001_nsd-00013.png ...   row 1 of the fMRI arrays, NSD id 13
     subjXX/training_split/training_fmri/{lh,rh}_training_fmri.npy       (images, vertices) float32
     subjXX/roi_masks/{lh,rh}.<class>_challenge_space.npy                 one ROI label per vertex, 0 = none
-    subjXX/roi_masks/mapping_<class>.npy                                 pickled dict {label: ROI name}
+    subjXX/roi_masks/mapping_<class>.npy                                 pickled dict {label: ROI name}, parsed (never unpickled)
 
 Targets. A target is an ROI over *both* hemispheres (lh vertices, then rh vertices). ``rois`` selects them:
 comma-separated ROI names (``FFA-1``), class names that expand to their ROIs (``floc-faces``), or unions
@@ -39,16 +39,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
 from rsabench.dataset import Dataset, StimulusGroup, Target, sha256_file
 from rsabench.dataset import data_dir as default_data_dir
 from rsabench.errors import DataError, UsageError
+from rsabench.matio import read_npy_dict
 
 NAME = "nsd"
 HEMIS = ("lh", "rh")
@@ -279,7 +279,7 @@ def _open_fmri(path: Path, n_images: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"nsd: missing file {path}: expected an (images, vertices) float32 .npy array; {INFO_HINT}")
     try:
-        arr = np.load(path, mmap_mode="r")
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"nsd: cannot read {path} as a .npy array ({exc})") from None
     if arr.ndim != 2:
@@ -291,25 +291,27 @@ def _open_fmri(path: Path, n_images: int) -> np.ndarray:
     return arr
 
 
-def _load_npy(path: Path, what: str, pickle: bool = False) -> np.ndarray:
+def _load_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"nsd: missing file {path}: expected {what}; {INFO_HINT}")
     try:
-        return np.load(path, allow_pickle=pickle)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"nsd: cannot read {path} ({exc}): expected {what}") from None
 
 
 def _load_mapping(path: Path) -> dict[str, int]:
-    """ROI name → label from ``mapping_<class>.npy`` (a pickled ``{label: name}`` dict)."""
-    raw = _load_npy(path, "a pickled dict {label: ROI name}", pickle=True)
+    """ROI name → label from ``mapping_<class>.npy`` (a pickled ``{label: name}`` dict, read without
+    unpickling: see :func:`rsabench.matio.read_npy_dict`)."""
+    if not path.is_file():
+        raise DataError(f"nsd: missing file {path}: expected a pickled dict {{label: ROI name}}; {INFO_HINT}")
     try:
-        mapping = raw.item()
-    except ValueError:
-        mapping = None
-    if not isinstance(mapping, Mapping):
-        raise DataError(f"nsd: {path} does not hold a dict {{label: ROI name}}")
-    return {str(name): int(label) for label, name in mapping.items()}
+        mapping = read_npy_dict(path)
+    except DataError as exc:
+        raise DataError(f"nsd: {exc}") from None
+    if not all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str) for k, v in mapping.items()):
+        raise DataError(f"nsd: {path} does not hold a dict {{integer label: ROI name}}")
+    return {name: label for label, name in mapping.items()}
 
 
 @dataclass
@@ -447,11 +449,8 @@ def load(
     max_images: object = 0,
     rois: object = "",
     max_rdm_gb: object = 8.0,
-    **unknown: object,
 ) -> Dataset:
     """NSD (Algonauts 2023 layout) ROI RDMs; see the module docstring for options and naming."""
-    if unknown:
-        warnings.warn(f"nsd: ignoring unknown option(s) {', '.join(sorted(unknown))}", stacklevel=2)
     mode = str(images).strip().lower()
     if mode not in ("shared", "per-subject"):
         raise UsageError(f"nsd: option images must be 'shared' or 'per-subject', got {images!r}")
@@ -494,9 +493,11 @@ def load(
     groups: dict[str, StimulusGroup] = {}
     targets: list[Target] = []
     checksums: dict[str, str] = {}
+    input_files: dict[str, list[Path]] = {}
     skipped: list[str] = []
     for group, (subs, ids) in selection.items():
         files = [scans[subs[0]].files[i] for i in ids]
+        input_files[f"{subs[0]}/training_split/training_images/ (group {group})"] = files
         groups[group] = StimulusGroup(group, [f"nsd-{i:05d}" for i in ids], load_images=_image_loader(files))
         n = len(ids)
         stacks = {s.name: np.empty((len(subs), 1, n, n)) for s in specs}
@@ -543,6 +544,7 @@ def load(
         target_normalization="none",
         conventions=("computed",),
         checksums=checksums,
+        files=input_files,
         notes=skipped,
     )
 
