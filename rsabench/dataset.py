@@ -63,6 +63,10 @@ class Dataset:
     target_normalization: str = "none"
     conventions: tuple[str, ...] = ("computed",)
     checksums: dict[str, str] = field(default_factory=dict)
+    """Digests the dataset computed itself (generated arrays, selected blocks of large files)."""
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    """Every input file the dataset reads, by label (a folder label ends in ``/``; list order = RDM row
+    order). rsabench hashes their content into the cell config (:mod:`rsabench.digests`)."""
     version: str = "1"
     notes: list[str] = field(default_factory=list)
     """Things the user should know once (absent files, dropped groups); shown by the CLI, not errors."""

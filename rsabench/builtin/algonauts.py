@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rsabench.dataset import Dataset, StimulusGroup, Target, sha256_file
+from rsabench.dataset import Dataset, StimulusGroup, Target
 from rsabench.dataset import data_dir as default_data_dir
 from rsabench.errors import DataError, UsageError
 from rsabench.matio import array_shapes, load_rdm_arrays
@@ -222,15 +222,13 @@ def read_target_file(path: Path, modality: Modality) -> dict[str, np.ndarray]:
     return out
 
 
-def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_images: str = "78", **options: Any) -> Dataset:
+def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_images: str = "78") -> Dataset:
     """The Algonauts 2019 fMRI (``modality="fmri"``) or MEG (``"meg"``) dataset from the release on disk.
 
     ``ts2_images``: ``"78"`` (default) scores the hidden test set TS2 on the 78 test images, as the
-    challenge did; ``"none"`` leaves it without images. Unknown options are a UsageError.
+    challenge did; ``"none"`` leaves it without images.
     """
     mod = modality_for(modality)
-    if options:
-        raise UsageError(f"{mod.name}: unknown option(s) {', '.join(sorted(options))} (known: ts2_images)")
     if ts2_images not in ("78", "none"):
         raise UsageError(f"{mod.name}: ts2_images must be '78' or 'none', got {ts2_images!r}")
     root = release_root(data_dir)
@@ -242,7 +240,7 @@ def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_imag
     notes: list[str] = []
     groups: dict[str, StimulusGroup] = {}
     targets: list[Target] = []
-    checksums: dict[str, str] = {}
+    files: dict[str, list[Path]] = {}
     image_lists: dict[str, list[Path]] = {}
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     for gname, layout in GROUPS.items():
@@ -253,25 +251,25 @@ def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_imag
             continue
         rdms = read_target_file(path, mod)
         n = next(iter(rdms.values())).shape[-1]
-        checksums[rel] = sha256_file(path)
-        files: list[Path] | None = None
+        files[rel] = [path]
+        images: list[Path] | None = None
         if layout.image_dir is not None:
             folder = root / layout.image_dir
             if folder.is_dir():
-                files = check_images(folder, n, path)
-                image_lists[gname] = files
+                images = check_images(folder, n, path)
+                image_lists[gname] = files[layout.image_dir + "/"] = images
             else:
                 notes.append(f"group {gname!r} has RDMs but no images ({layout.image_dir}/ not found): scoreable with `rsabench score` only")
         elif ts2_images == "78" and "78" in image_lists:
             if n != len(image_lists["78"]):
                 raise DataError(f"{path}: RDMs are {n}x{n} but the 78 test images number {len(image_lists['78'])}")
-            files = image_lists["78"]
+            images = image_lists["78"]
             notes.append(f"group {gname!r}: hidden test set TS2 scored on the 78 test images, as the challenge did (ts2_images='78')")
         else:
             notes.append(f"group {gname!r} has no images in the release: scoreable with `rsabench score` only")
-        if files is not None:
-            ids = [p.stem for p in files]
-            loader: Callable[[], np.ndarray] | None = loaders.get("78") if layout.image_dir is None else _image_loader(files)
+        if images is not None:
+            ids = [p.stem for p in images]
+            loader: Callable[[], np.ndarray] | None = loaders.get("78") if layout.image_dir is None else _image_loader(images)
             loaders[gname] = loader
         else:
             ids = [f"{gname}-{i + 1:03d}" for i in range(n)]
@@ -308,21 +306,21 @@ def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_imag
         description=mod.description,
         target_normalization=mod.normalization,
         conventions=("algonauts2019", "computed"),
-        checksums=checksums,
+        files=files,
         version="2019",
         notes=notes,
         named_splits=named,
     )
 
 
-def load_fmri(data_dir: str | Path | None = None, **options: Any) -> Dataset:
+def load_fmri(data_dir: str | Path | None = None, ts2_images: str = "78") -> Dataset:
     """Algonauts 2019 fMRI track (targets EVC, IT)."""
-    return load(data_dir, modality="fmri", **options)
+    return load(data_dir, modality="fmri", ts2_images=ts2_images)
 
 
-def load_meg(data_dir: str | Path | None = None, **options: Any) -> Dataset:
+def load_meg(data_dir: str | Path | None = None, ts2_images: str = "78") -> Dataset:
     """Algonauts 2019 MEG track (targets MEG-early, MEG-late)."""
-    return load(data_dir, modality="meg", **options)
+    return load(data_dir, modality="meg", ts2_images=ts2_images)
 
 
 def expected_files(name: str) -> list[dict[str, str]]:
