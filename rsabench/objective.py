@@ -19,15 +19,16 @@ class Objective:
 
     A training objective implements :meth:`loss` on one batch: ``features`` ``(B, ...)`` of the loss
     layer for B unique images of one group, ``target`` ``(B, B)`` their target dissimilarities.
-    Only the strict upper triangle (i < j) carries pairs.
+    Only the strict upper triangle (i < j) carries pairs. Options are the keyword parameters of a
+    subclass's ``__init__`` (rsabench routes ``--objective-option`` values by them; an unknown key is a
+    usage error before anything runs). Values arrive as strings from the command line: coerce them.
     """
 
     name: str = ""
     trains: bool = True
 
-    def __init__(self, **options: Any) -> None:
-        if options:
-            raise UsageError(f"objective {self.name!r} takes no options, got {sorted(options)}")
+    def __init__(self) -> None:
+        pass
 
     def options(self) -> dict[str, Any]:
         """Resolved options, recorded in the cell config."""

@@ -154,8 +154,14 @@ def test_ts2_images_option(tmp_path):
     assert ds.groups["78-ts2"].load_images is None and ds.groups["78-ts2"].ids[0] == "78-ts2-001"
     with pytest.raises(UsageError, match="ts2_images"):
         algonauts.load_fmri(tmp_path, ts2_images="maybe")
-    with pytest.raises(UsageError, match="unknown option"):
-        algonauts.load_fmri(tmp_path, colour="blue")
+    from rsabench.options import route_options
+    from rsabench.plugins import get_plugins
+    from rsabench.registry import accepted_options
+
+    accepted = {"algonauts-fmri": accepted_options(get_plugins().datasets.get("algonauts-fmri"), skip=1)}
+    assert accepted == {"algonauts-fmri": ("ts2_images",)}
+    with pytest.raises(UsageError, match="no dataset of this run takes option 'colour'"):
+        route_options("--dataset-option", "dataset", [("colour", "blue")], accepted)
 
 
 def test_subject_counts_differ_between_targets(tmp_path):

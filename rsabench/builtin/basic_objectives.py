@@ -36,8 +36,8 @@ class Dissim(Objective):
 
     name = "dissim"
 
-    def __init__(self, normalization: str | None = None, space: str = "distance", **rest: Any) -> None:
-        super().__init__(**rest)
+    def __init__(self, normalization: str | None = None, space: str = "distance") -> None:
+        super().__init__()
         if normalization is not None and normalization not in NORMALIZATIONS:
             raise UsageError(f"dissim: invalid normalization {normalization!r}: expected one of {', '.join(NORMALIZATIONS)}")
         if space not in ("distance", "fisher-z"):

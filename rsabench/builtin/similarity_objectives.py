@@ -95,13 +95,7 @@ def double_center(matrix: torch.Tensor) -> torch.Tensor:
 class _TargetNormalization(Objective):
     """Shared ``normalization`` option (none | zscore | agrawal; default: the dataset's)."""
 
-    OPTIONS: tuple[str, ...] = ("normalization",)
-
-    def __init__(self, normalization: str | None = None, **rest: Any) -> None:
-        if rest:
-            raise UsageError(
-                f"objective {self.name!r}: unknown option(s) {', '.join(sorted(rest))}; expected {', '.join(self.OPTIONS)}"
-            )
+    def __init__(self, normalization: str | None = None) -> None:
         super().__init__()
         self.normalization = None if normalization is None else choice_option(self.name, "normalization", normalization, NORMALIZATIONS)
 
@@ -127,7 +121,6 @@ class Contrastive(_TargetNormalization):
     """
 
     name = "contrastive"
-    OPTIONS = ("margin", "threshold", "quantile", "center", "normalization")
 
     def __init__(
         self,
@@ -136,9 +129,8 @@ class Contrastive(_TargetNormalization):
         quantile: Any = None,
         center: Any = True,
         normalization: str | None = None,
-        **rest: Any,
     ) -> None:
-        super().__init__(normalization=normalization, **rest)
+        super().__init__(normalization=normalization)
         self.margin = float_option(self.name, "margin", margin, lambda v: v > 0, "a number > 0")
         if threshold is not None and quantile is not None:
             raise UsageError(f"objective {self.name!r}: give either option threshold or option quantile, not both")
@@ -218,11 +210,10 @@ class CKA(_TargetNormalization):
     """
 
     name = "cka"
-    OPTIONS = ("kernel", "eps", "normalization")
     KERNELS = ("correlation", "linear")
 
-    def __init__(self, kernel: str = "correlation", eps: Any = 1e-6, normalization: str | None = None, **rest: Any) -> None:
-        super().__init__(normalization=normalization, **rest)
+    def __init__(self, kernel: str = "correlation", eps: Any = 1e-6, normalization: str | None = None) -> None:
+        super().__init__(normalization=normalization)
         self.kernel = choice_option(self.name, "kernel", kernel, self.KERNELS)
         self.eps = float_option(self.name, "eps", eps, lambda v: 0 < v < 1, "a number in (0, 1)")
 

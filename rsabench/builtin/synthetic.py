@@ -288,7 +288,6 @@ def load(
     image_size: int = 64,
     subjects: int = 8,
     noise: float = DEFAULT_NOISE,
-    **_: Any,
 ) -> Dataset:
     """Synthetic shapes in groups A and B with targets ``early`` and ``late`` (generated; no files).
 
