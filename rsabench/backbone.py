@@ -217,6 +217,10 @@ def load_checkpoint(model: "nn.Module", path: Path) -> None:
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
+    if isinstance(state, dict):
+        bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise UsageError(f"--weights {path}: checkpoint holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}); it cannot be scored")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

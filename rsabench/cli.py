@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from .errors import UsageError
+from .errors import CellFailure, Interrupted, PluginError, UsageError
 
 DEFAULT_DATASET = "kriegeskorte2008"
 DEFAULT_BACKBONE = "alexnet"
@@ -25,6 +27,33 @@ def _console(stderr: bool = False):
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(stderr=stderr, highlight=False, width=200)  # pipes and logs: don't squeeze tables
     return console
+
+
+SEED = click.IntRange(0, 2**63 - 1)  # what torch, numpy and python all accept as a seed
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float (never NaN or inf) within optional bounds."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        too_low = self.low is not None and (x <= self.low if self.low_open else x < self.low)
+        too_high = self.high is not None and (x >= self.high if self.high_open else x > self.high)
+        if too_low or too_high:
+            lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+            hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high:g}"
+            self.fail(f"{value!r} is not in the range {lo}x{hi}", param, ctx)
+        return x
 
 
 def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -43,39 +72,39 @@ def run_options(func: Callable) -> Callable:
         click.option("--dataset", "datasets", multiple=True, metavar="NAME", help=f"dataset (repeatable; default {DEFAULT_DATASET})"),
         click.option("--backbone", "backbones", multiple=True, metavar="NAME", help=f"backbone (repeatable; default {DEFAULT_BACKBONE})"),
         click.option("--objective", "objectives", multiple=True, metavar="NAME", help="objective (repeatable; default frozen and dissim)"),
-        click.option("--seed", "seeds", multiple=True, type=int, metavar="N", help="training seed (repeatable; default 0)"),
+        click.option("--seed", "seeds", multiple=True, type=SEED, metavar="N", help="training seed, 0 to 2^63-1 (repeatable; default 0)"),
         click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets (repeatable; default all)"),
-        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH", help="initial weights"),
-        click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True),
-        click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, metavar="PX"),
-        click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="learning rate"),
-        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True),
-        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH", help="initial weights: the library's ImageNet weights, random (seeded) or a checkpoint file"),
+        click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="training epochs of objectives that train (0 = score the initial network)"),
+        click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, metavar="PX", help="images are resized to PX x PX"),
+        click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True, help="images per forward pass (training batches come from one group)"),
+        click.option("--lr", type=FiniteFloat(0, low_open=True), default=1e-4, show_default=True, help="learning rate"),
+        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True, help="optimizer of the trainable parameters"),
+        click.option("--weight-decay", type=FiniteFloat(0), default=0.0, show_default=True, help="L2 weight decay (decoupled with adamw)"),
         click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True, help="early stopping after N epochs without validation gain (0 = off)"),
         click.option("--trainable", default="all", show_default=True, metavar="POLICY", help="all | none | up-to:<layer> | from:<layer>"),
         click.option("--lr-schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True, help="per-epoch learning-rate schedule after warm-up"),
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="linear warm-up: epoch e <= N runs at lr*e/(N+1)"),
         click.option("--lr-step", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS", help="step schedule: epochs between decays (0 = a third of the post-warm-up epochs)"),
-        click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True, help="step schedule: lr factor per decay"),
-        click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="NORM", help="clip the global gradient L2 norm (0 = off)"),
+        click.option("--lr-gamma", type=FiniteFloat(0, 1, low_open=True), default=0.1, show_default=True, help="step schedule: lr factor per decay"),
+        click.option("--grad-clip", type=FiniteFloat(0), default=0.0, show_default=True, metavar="NORM", help="clip the global gradient L2 norm (0 = off)"),
         click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="mixed precision for training steps (CUDA only; scores are always computed in float32)"),
         click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)"),
         click.option("--adapt-bn", is_flag=True, help="let BatchNorm running statistics of the trained layers adapt during training (default: frozen)"),
         click.option("--keep-checkpoints", is_flag=True, help="keep <record>.ckpt/best.pt (the selected model) after a cell finishes; otherwise checkpoints are deleted"),
         click.option("--loss-layer", default="auto", show_default=True, help="layer the objective trains (auto = best frozen layer on validation)"),
         click.option("--layer", "layers", multiple=True, metavar="NAME", help="layers to score (repeatable; default: the backbone's layer set)"),
-        click.option("--metric", default="spearman", show_default=True, help="RDM comparison metric"),
-        click.option("--val-fraction", type=float, default=0.2, show_default=True, help="fraction of training images held out for validation"),
-        click.option("--test-fraction", type=float, default=0.25, show_default=True, help="fraction of images held out for test (datasets without a test set)"),
-        click.option("--split-seed", type=int, default=0, show_default=True),
-        click.option("--bootstrap-seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda"),
-        click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True),
+        click.option("--metric", default="spearman", show_default=True, help="RDM comparison metric (see `rsabench list metrics`)"),
+        click.option("--val-fraction", type=FiniteFloat(0, 1, True, True), default=0.2, show_default=True, help="fraction of training images held out for validation"),
+        click.option("--test-fraction", type=FiniteFloat(0, 1, high_open=True), default=0.25, show_default=True, help="fraction of images held out for test (datasets without a test set)"),
+        click.option("--split-seed", type=SEED, default=0, show_default=True, help="seed of the train/validation/test image split"),
+        click.option("--bootstrap-seed", type=SEED, default=0, show_default=True, help="seed of the bootstrap resamples of the intervals"),
+        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="where cells run (auto: CUDA when available)"),
+        click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="where cell records and checkpoints are written (and found again)"),
         click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)"),
-        click.option("--executor", default="local", show_default=True),
-        click.option("--dataset-option", "dataset_options", multiple=True, callback=_key_value, metavar="KEY=VALUE"),
-        click.option("--objective-option", "objective_options", multiple=True, callback=_key_value, metavar="[OBJ.]KEY=VALUE"),
+        click.option("--executor", default="local", show_default=True, help="where cells run (see `rsabench list executors`)"),
+        click.option("--dataset-option", "dataset_options", multiple=True, callback=_key_value, metavar="[DATASET.]KEY=VALUE", help="dataset option (repeatable); KEY alone goes to every dataset of the run that takes it"),
+        click.option("--objective-option", "objective_options", multiple=True, callback=_key_value, metavar="[OBJECTIVE.]KEY=VALUE", help="objective option (repeatable); KEY alone goes to every objective of the run that takes it"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -115,8 +144,19 @@ def _plan(session, kw: dict[str, Any]):
 
 
 def _warn_broken_plugins(plugins) -> None:
-    for name, error in plugins.load_errors.items():
-        _console(stderr=True).print(f"[yellow]warning:[/] plugin {name!r} skipped: {error}")
+    for name, errors in plugins.load_errors.items():
+        for error in errors:
+            _warn(f"plugin {name!r} skipped: {error}")
+
+
+def _warn(message: str) -> None:
+    _console(stderr=True).print(f"[yellow]warning:[/] {_escape(message)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 class RichReporter:
@@ -163,10 +203,11 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
     from .leaderboard import collect_rows
 
     session = _session(kw)
+    session.force = force
     cells = _plan(session, kw)
     executor = session.plugins.executors.get(kw["executor"])()
     todo = [c for c in cells if force or not c.cached]
-    session.preflight(todo)
+    session.preflight(todo, kw["runs_dir"])
     console = _console(stderr=True)
     console.print(f"{len(cells)} cell(s), {len(cells) - len(todo)} cached, {len(todo)} to run → {kw['runs_dir']}")
 
@@ -179,7 +220,7 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
         )
 
     executor.run(session, todo, done)
-    _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells]), fmt)
+    _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells], warn=_warn), fmt)
 
 
 @cli.command()
@@ -267,25 +308,35 @@ def _list_layers(plugins, backbone: str, console) -> None:
     console.print(f"[dim]* = default layer set ({len(built.default_layers)} layers: {', '.join(built.default_layers)})[/]")
 
 
+OUTPUT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json"}
+
+
 @cli.command()
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write to a file instead of stdout")
-def leaderboard(runs_dir: Path, fmt: str, output: Path | None) -> None:
-    """Render the leaderboard from a directory of cell records."""
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="directory of cell records")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default=None, help="output format (default: table on the terminal; with --output, from its suffix, else markdown)")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write to a file instead of stdout (written atomically)")
+def leaderboard(runs_dir: Path, fmt: str | None, output: Path | None) -> None:
+    """Render the leaderboard from a directory of cell records (invalid records are named and skipped)."""
     from .leaderboard import collect_rows, render
+    from .runner import check_writable
 
     if not runs_dir.is_dir():
         raise UsageError(f"--runs-dir {runs_dir}: no such directory (run `rsabench run` first)")
-    rows = collect_rows(runs_dir)
+    rows = collect_rows(runs_dir, warn=_warn)
     if not rows:
         raise UsageError(f"--runs-dir {runs_dir}: no rsabench records found")
-    if output is not None:
-        text = render(rows, "markdown" if fmt == "table" else fmt)
-        _write_text_atomic(output, text)
-        _console(stderr=True).print(f"wrote {len(rows)} rows to {output}")
+    if output is None:
+        _print_rows(rows, fmt or "table")
         return
-    _print_rows(rows, fmt)
+    if fmt in (None, "table"):
+        fmt = OUTPUT_FORMATS.get(output.suffix.lower(), "markdown")
+    text = render(rows, fmt)
+    check_writable(output.parent, "--output")
+    try:
+        _write_text_atomic(output, text)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write ({exc.strerror or type(exc).__name__})") from None
+    _console(stderr=True).print(f"wrote {len(rows)} rows ({fmt}) to {output}")
 
 
 def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
@@ -311,7 +362,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 @click.option("--convention", "conventions", multiple=True, metavar="NAME", help="scoring convention (repeatable; default: the dataset's)")
 @click.option("--metric", default="spearman", show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
+@click.option("--bootstrap-seed", type=SEED, default=0, show_default=True, help="seed of the bootstrap resamples")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def score(submission: Path, dataset: str, split: str | None, conventions: tuple[str, ...], metric: str, data_dir: Path | None, bootstrap_seed: int, fmt: str) -> None:
     """Score precomputed RDMs (Algonauts submit_*.mat/.npy format) against a dataset's targets."""
@@ -426,29 +477,55 @@ def data_fetch(name: str, data_dir: Path | None) -> None:
 
 
 # -- error handling -----------------------------------------------------------------------------
+RECEIVED_SIGNALS: list[int] = []
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    """SIGINT and SIGTERM: unwind (temp files removed, the running cell keeps its checkpoints), then exit."""
+    RECEIVED_SIGNALS.append(signum)
+    raise Interrupted(signum)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes → one line on stderr, exit 2; failures → exit 1."""
+    """Entry point: user mistakes → one line on stderr, exit 2; failures → one line, exit 1;
+    SIGINT/SIGTERM → "interrupted", exit 130/143 (a cell in progress writes no record; rerun to resume)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(signum, _on_signal)
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
     except click.ClickException as exc:
-        exc.show()
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        click.echo(f"error: {where}{_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted, click.Abort) as exc:
+        _interrupted(exc)
+    except (CellFailure, PluginError) as exc:
+        click.echo(f"failed: {_one_line(exc)}", err=True)
+        sys.exit(1)
     except Exception as exc:  # a bug or an environment failure, not a user mistake
+        if RECEIVED_SIGNALS:  # a signal that surfaced wrapped in another exception (e.g. inside torch)
+            _interrupted(Interrupted(RECEIVED_SIGNALS[-1]))
         if os.environ.get("RSABENCH_DEBUG"):
             raise
-        click.echo(f"failed: {type(exc).__name__}: {exc} (set RSABENCH_DEBUG=1 for a traceback)", err=True)
+        where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc) else ""
+        click.echo(f"failed: {type(exc).__name__}: {where}{_one_line(exc)} (set RSABENCH_DEBUG=1 for a traceback)", err=True)
         sys.exit(1)
+
+
+def _interrupted(exc: BaseException) -> None:
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    click.echo(f"interrupted ({signal.Signals(signum).name}); completed cells are kept, rerun the command to resume", err=True)
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

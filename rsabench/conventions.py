@@ -129,7 +129,7 @@ class Algonauts2019Scorer(TargetScorer):
         return lower, upper
 
     def score_many(self, model_rdms: np.ndarray) -> list[Score]:
-        signed = self._signed(self.model_vectors(model_rdms))
+        signed = self._checked(self._signed(self.model_vectors(model_rdms)))
         extra = {
             "p_value_test": DEVKIT_P_VALUE,
             "ceiling_source": self.ceiling_source,

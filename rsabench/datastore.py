@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -294,21 +295,73 @@ def import_release(
     if not src.exists():
         raise DataError(f"{src}: not found (expected the Algonauts 2019 release: a folder or .zip)")
     final = algonauts.release_root(data_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".algonauts2019.import-", dir=final.parent))
+    created = _missing_ancestors(final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--data-dir {final.parent}: cannot create ({exc.strerror or type(exc).__name__})") from None
+    try:
+        with _import_lock(final):
+            _remove_stale_imports(final)
+            return _import_locked(name, src, final, checksums)
+    except BaseException:
+        for d in created:  # a refused import leaves no folder it created
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _import_lock(final: Path) -> Any:
+    """A lock per destination, kept in the user cache dir (so the data dir holds nothing but data)."""
+    import hashlib
+
+    from filelock import FileLock
+
+    from .digests import cache_dir
+
+    name = hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:16] + ".import.lock"
+    try:
+        (cache_dir() / "locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(cache_dir() / "locks" / name))
+    except OSError:
+        return FileLock(str(final.parent / f".{final.name}.import.lock"))
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        out.append(p)
+    return out
+
+
+def _remove_stale_imports(final: Path) -> None:
+    """Work folders of earlier imports that were killed (the import lock is held: none is running)."""
+    for stale in final.parent.glob(f".{final.name}.import-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _import_locked(name: str, src: Path, final: Path, checksums: bool) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.import-", dir=final.parent))
     try:
         if src.is_file():
             if not zipfile.is_zipfile(src):
                 raise DataError(f"{src}: not a .zip archive or folder (expected the Algonauts 2019 release)")
             unpacked = work / "unpacked"
+            unpacked.mkdir()
             _extract_zip(src, unpacked)
+            if not any(unpacked.iterdir()):
+                raise DataError(f"{src}: the .zip archive is empty (expected the Algonauts 2019 release)")
             src_root = unpacked
         else:
             src_root = src
         parts = find_release_parts(src_root)
         if not parts:
             raise DataError(f"{src}: no Training_Data/ or Test_Data/ folder found (expected the official release layout)")
-        staging = work / "algonauts2019"
+        staging = work / final.name
         existing = set(_copy_tree(final, staging)) if final.is_dir() else set()
         staging.mkdir(parents=True, exist_ok=True)
         copied = []

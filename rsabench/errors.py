@@ -1,4 +1,16 @@
-"""Error types. A `UsageError` is the user's mistake: the CLI prints its message on one line and exits 2."""
+"""Error types and what the CLI does with them.
+
+- :class:`UsageError` (and :class:`DataError`): the user's mistake; one line on stderr, exit 2, nothing written.
+- :class:`CellFailure`: a cell cannot produce an honest number (training diverged, non-finite weights or
+  features, a constant model RDM); one line naming the cause, exit 1, no record.
+- :class:`PluginError`: a plugin broke its contract (wrong return type, bad name); one line naming the
+  plugin, exit 1.
+- :class:`Interrupted`: SIGINT or SIGTERM arrived; exit 128 + signal number.
+"""
+
+from __future__ import annotations
+
+import signal
 
 
 class UsageError(Exception):
@@ -7,3 +19,23 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """A data file is missing, unreadable or violates an invariant. The message names the file."""
+
+
+class CellFailure(Exception):
+    """A cell ran but its model is broken: it gets this failure, never a number."""
+
+
+class PluginError(Exception):
+    """A plugin returned something that breaks the plugin contract. The message names the plugin."""
+
+
+class Interrupted(BaseException):
+    """A termination signal (SIGINT, SIGTERM) arrived; like KeyboardInterrupt, not caught by ``except Exception``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

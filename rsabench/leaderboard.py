@@ -7,7 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .records import iter_records
 from .scoring import Score, paired_delta
@@ -78,11 +78,12 @@ def add_deltas(rows: list[dict[str, Any]]) -> None:
         r["delta_vs_frozen"], r["delta_ci_low"], r["delta_ci_high"] = paired_delta(a, b, seed=r["_bootstrap_seed"])
 
 
-def collect_rows(runs_dir: Path, cells: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Leaderboard rows for every record under ``runs_dir`` (or only the given cells), sorted."""
+def collect_rows(runs_dir: Path, cells: Iterable[str] | None = None, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Leaderboard rows for every valid record under ``runs_dir`` (or only the given cells), sorted;
+    every other JSON file there is reported through ``warn``."""
     wanted = set(cells) if cells is not None else None
     rows = []
-    for _, record in iter_records(runs_dir):
+    for _, record in iter_records(runs_dir, warn=warn):
         if wanted is None or record["cell"] in wanted:
             rows.extend(rows_from_record(record))
     add_deltas(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 SCHEMA = "rsabench.cell/1"
 
@@ -26,21 +27,41 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+def _safe_part(value: Any) -> str:
+    """A file-name part: runs of anything but ``[A-Za-z0-9._-]`` become ``-``; never ``.``/``..``/hidden."""
+    part = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)) or "-"
+    return f"_{part}" if part.startswith(".") else part
+
+
 def record_path(runs_dir: Path, config: dict[str, Any], cell: str) -> Path:
-    """``<runs-dir>/<dataset>/<target>__<backbone>__<objective>__s<seed>__<hash12>.json``."""
-    safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", str(s))  # noqa: E731
-    name = "__".join(safe(config[k]) for k in ("target", "backbone", "objective")) + f"__s{config['seed']}__{cell[:12]}.json"
-    return Path(runs_dir) / safe(config["dataset"]) / name
+    """``<runs-dir>/<dataset>/<target>__<backbone>__<objective>__s<seed>__<hash12>.json`` (always inside runs-dir)."""
+    name = "__".join(_safe_part(config[k]) for k in ("target", "backbone", "objective")) + f"__s{config['seed']}__{cell[:12]}.json"
+    return Path(runs_dir) / _safe_part(config["dataset"]) / name
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path`` (and fsync the
-    directory), on any error remove it: readers see the old file or the complete new one, never half."""
+    directory), on any error remove it: readers see the old file or the complete new one, never half.
+    The file gets the permissions a plain ``open`` would give (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -57,27 +78,145 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.close(dir_fd)
 
 
-def write_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write a JSON document atomically (see :func:`atomic_open`)."""
-    with atomic_open(path) as fh:
-        json.dump(document, fh, indent=1, sort_keys=False, allow_nan=True)
-        fh.write("\n")
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A record, or None when the file is not a readable rsabench record."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None and numpy scalars made plain."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)) and getattr(obj, "ndim", None) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    return doc if isinstance(doc, dict) and doc.get("schema") == SCHEMA else None
+    return obj
 
 
-def iter_records(runs_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(Path(runs_dir).rglob("*.json")):
-        doc = read_record(path)
-        if doc is not None:
-            yield path, doc
+def write_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write a JSON document atomically (see :func:`atomic_open`), strict JSON: ``null``, never NaN."""
+    text = json.dumps(strict_json(document), indent=1, sort_keys=False, allow_nan=False)
+    with atomic_open(path) as fh:
+        fh.write(text + "\n")
+
+
+# -- reading and validating -----------------------------------------------------------------------
+OTHER_SCHEMAS = ("rsabench.failure/", "rsabench.sweep/")
+"""Other rsabench documents that may sit in a runs dir: not cell records, skipped without a word."""
+NUMBER = (int, float)
+NUMBER_OR_NULL = (int, float, type(None))
+CONFIG_KEYS = {"dataset": str, "target": str, "backbone": str, "objective": str, "seed": int, "weights": str, "metric": str, "image_size": int}
+SCORE_KEYS = {
+    "raw": NUMBER, "per_subject": list, "ceiling_lower": NUMBER_OR_NULL, "ceiling_upper": NUMBER_OR_NULL,
+    "normalized": NUMBER_OR_NULL, "ci_low": NUMBER, "ci_high": NUMBER, "n_subjects": int, "n_images": int,
+    "convention": str, "metric": str,
+}
+ENTRY_KEYS = {"split": str, "group": str, "convention": str, "layer": str, "epoch": int, "score": dict}
+
+
+class InvalidRecord(ValueError):
+    """A JSON file under a runs dir that is not a usable cell record; the message says why."""
+
+
+def _require(obj: Any, keys: dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"{where} is not an object")
+    for key, kind in keys.items():
+        if key not in obj:
+            raise InvalidRecord(f"{where} lacks {key!r}")
+        if not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and kind is not bool):
+            raise InvalidRecord(f"{where}.{key} has the wrong type ({type(obj[key]).__name__})")
+
+
+def validate_record(doc: Any) -> dict[str, Any]:
+    """``doc`` if it is a complete :data:`SCHEMA` record whose ``cell`` is the hash of its config; else InvalidRecord."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
+        raise InvalidRecord("not an rsabench record (no schema)")
+    if doc["schema"] != SCHEMA:
+        raise InvalidRecord(f"schema {doc['schema']!r}, expected {SCHEMA!r} (written by another rsabench version?)")
+    _require(doc, {"cell": str, "config": dict, "selection": dict, "scores": list, "timings": dict, "manifest": dict}, "record")
+    _require(doc["config"], CONFIG_KEYS, "config")
+    if config_hash(doc["config"]) != doc["cell"]:
+        raise InvalidRecord("its cell hash does not match its config (edited or damaged)")
+    _require(doc["selection"], {"layer": str, "epoch": int}, "selection")
+    for k, entry in enumerate(doc["scores"]):
+        _require(entry, ENTRY_KEYS, f"scores[{k}]")
+        _require(entry["score"], SCORE_KEYS, f"scores[{k}].score")
+    return doc
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """The validated record in ``path``; InvalidRecord (naming what is wrong) otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRecord(f"unreadable ({type(exc).__name__}: {exc})") from None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise InvalidRecord("not valid JSON (truncated?)") from None
+    return validate_record(doc)
+
+
+def read_record(path: Path, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The record in ``path``, or None when there is none; an invalid file is reported through ``warn``."""
+    if not Path(path).exists():
+        return None
+    try:
+        return load_record(path)
+    except InvalidRecord as exc:
+        if warn is not None:
+            warn(f"{path}: {exc}")
+        return None
+
+
+def _is_other_document(path: Path) -> bool:
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8")).get("schema", "")
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return False
+    return isinstance(schema, str) and schema.startswith(OTHER_SCHEMAS)
+
+
+def iter_records(runs_dir: Path, warn: Callable[[str], None] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every valid record under ``runs_dir``; other JSON files are reported through ``warn`` (named, with why)
+    unless they are other rsabench documents. Hidden files and folders (temp files, locks) are skipped."""
+    root = Path(runs_dir)
+    for path in sorted(root.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        try:
+            yield path, load_record(path)
+        except InvalidRecord as exc:
+            if warn is not None and not _is_other_document(path):
+                warn(f"{path}: skipped, {exc}")
+
+
+# -- one process per cell -------------------------------------------------------------------------
+@contextlib.contextmanager
+def cell_lock(path: Path, note: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``.<record>.lock`` beside a record while its cell runs, so two runs sharing a runs dir never
+    run (or checkpoint) the same cell at once; the second waits, then finds the record written.
+
+    Once the record exists the lock file is removed (a process still waiting on it, or one that creates a
+    new one, finds the record and runs nothing); after a failure it stays, empty and hidden.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if note is not None:
+            note(f"another rsabench process is running this cell ({path.name}); waiting for it")
+        lock.acquire()
+    try:
+        yield
+        if path.exists():
+            lock_path.unlink(missing_ok=True)
+    finally:
+        lock.release()
 
 
 def git_commit() -> str | None:

@@ -19,10 +19,12 @@ import numpy as np
 
 from . import __version__
 from .dataset import Dataset, data_dir as resolve_data_dir
-from .errors import UsageError
+from .errors import CellFailure, PluginError, UsageError
+from .options import route_options
 from .plugins import Plugins
-from .records import SCHEMA, config_hash, manifest, read_record, record_path, write_atomic
-from .scoring import TargetScorer
+from .records import SCHEMA, cell_lock, config_hash, manifest, read_record, record_path, write_atomic
+from .registry import accepted_options
+from .scoring import TargetScorer, model_rdm_problem
 
 VALIDATION_CONVENTION = "computed"
 
@@ -80,6 +82,9 @@ class RunOptions:
             raise UsageError("--val-fraction and --test-fraction must lie in (0, 1) and sum to less than 1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        repeated = sorted({layer for layer in self.layers if self.layers.count(layer) > 1})
+        if repeated:
+            raise UsageError(f"--layer {repeated[0]}: given twice")
         kind, _, layer = self.trainable.partition(":")
         if not ((kind in ("all", "none") and not layer) or (kind in ("up-to", "from") and layer)):
             raise UsageError(f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>")
@@ -153,6 +158,18 @@ def make_scorer(convention: str, dataset: Dataset, target: str, group: str, metr
 
 
 # -- the session: caches shared by the cells of one run ----------------------------------------------
+def _unique(option: str, names: list, canonical: Callable[[Any], Any] = lambda x: x) -> list:
+    """``names`` resolved by ``canonical``; the same one given twice (alias included) is a usage error."""
+    out: dict[Any, Any] = {}
+    for name in names:
+        key = canonical(name)
+        if key in out:
+            same = f" (= {out[key]})" if out[key] != name else ""
+            raise UsageError(f"{option} {name}: given twice{same}")
+        out[key] = name
+    return list(out)
+
+
 @dataclass
 class Session:
     plugins: Plugins
@@ -160,17 +177,40 @@ class Session:
     reporter: Reporter = field(default_factory=Reporter)
     _datasets: dict[str, Dataset] = field(default_factory=dict)
     _images: dict[tuple, Any] = field(default_factory=dict)
+    _checksums: dict[str, dict[str, str]] = field(default_factory=dict)
+    dataset_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    objective_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    force: bool = False  # re-run cells that already have a record
 
     def dataset(self, name: str) -> Dataset:
         name = self.plugins.datasets.canonical(name)
         if name not in self._datasets:
             factory = self.plugins.datasets.get(name)
-            ds = factory(resolve_data_dir(self.options.data_dir), **dict(self.options.dataset_options))
+            ds = factory(resolve_data_dir(self.options.data_dir), **self.dataset_options.get(name, {}))
+            plugin = self.plugins.datasets.plugin_of(name)
+            if not isinstance(ds, Dataset):
+                raise PluginError(f"dataset {name!r} (plugin {plugin!r}): its factory returned {type(ds).__name__}, expected rsabench.dataset.Dataset")
+            if ds.name != name:
+                raise PluginError(f"dataset {name!r} (plugin {plugin!r}): its factory returned a Dataset named {ds.name!r}")
             ds.validate()
             for note in getattr(ds, "notes", []) or []:
                 self.reporter.note(f"{name}: {note}")
             self._datasets[name] = ds
         return self._datasets[name]
+
+    def data_checksums(self, ds: Dataset) -> dict[str, str]:
+        """Content digests of everything ``ds`` reads (its own digests + every listed input file)."""
+        from .digests import content_checksums
+
+        if ds.name not in self._checksums:
+            n = sum(len(paths) for paths in ds.files.values())
+            with self.reporter.stage(f"checksums {ds.name}", n) as advance:
+                self._checksums[ds.name] = {**ds.checksums, **content_checksums(ds.files, advance=advance)}
+        return self._checksums[ds.name]
+
+    def objective(self, name: str) -> Any:
+        """The objective ``name`` built with this run's options for it."""
+        return self.plugins.objectives.get(name)(**self.objective_options.get(name, {}))
 
     def images(self, dataset: Dataset, group: str, size: int, mean: tuple, std: tuple):
         from .images import preprocess
@@ -193,45 +233,59 @@ class Session:
         targets: list[str],
         runs_dir: Path,
     ) -> list[PlannedCell]:
-        """Resolve and hash every combination; nothing is trained."""
+        """Resolve and hash every combination; nothing is trained. Unknown or repeated names are usage errors."""
         o = self.options
         o.validate()
         metric_name = self.plugins.metrics.canonical(o.metric)
-        backbones = [self.plugins.backbones.canonical(b) for b in backbones]
+        datasets = _unique("--dataset", datasets, self.plugins.datasets.canonical)
+        backbones = _unique("--backbone", backbones, self.plugins.backbones.canonical)
         for b in backbones:  # resolves timm:/torchvision: names now, so a typo fails before any cell runs
             self.plugins.backbones.get(b)
-        objectives = [self.plugins.objectives.canonical(x) for x in objectives]
-        obj_options = dict(o.objective_options)
-        for name in objectives:  # fail on bad options before anything runs
-            self.plugins.objectives.get(name)(**obj_options_for(name, obj_options))
+        objectives = _unique("--objective", objectives, self.plugins.objectives.canonical)
+        seeds = _unique("--seed", seeds)
+        targets = _unique("--target", targets)
+        self.objective_options = route_options(
+            "--objective-option", "objective", o.objective_options,
+            {name: accepted_options(self.plugins.objectives.get(name)) for name in objectives},
+        )
+        self.dataset_options = route_options(
+            "--dataset-option", "dataset", o.dataset_options,
+            {name: accepted_options(self.plugins.datasets.get(name), skip=1) for name in datasets},
+        )
+        for name in objectives:  # fail on bad option values before anything runs
+            self.objective(name)
+        loaded = [self.dataset(name) for name in datasets]
+        unknown = [t for t in targets if not any(t in ds.target_names() for ds in loaded)]
+        if unknown:
+            have = "; ".join(f"dataset {ds.name!r} has targets {', '.join(ds.target_names())}" for ds in loaded)
+            raise UsageError(f"--target {unknown[0]}: not a target of this run ({have})")
         cells = []
-        for ds_name in datasets:
-            ds = self.dataset(ds_name)
+        for ds in loaded:
             names = ds.target_names()
-            unknown = [t for t in targets if t not in names]
-            if targets and len(unknown) == len(targets):
-                raise UsageError(f"--target {', '.join(unknown)}: dataset {ds.name!r} has targets {', '.join(names)}")
+            if targets and not set(targets) & set(names):
+                raise UsageError(f"--target {', '.join(targets)}: dataset {ds.name!r} has targets {', '.join(names)}")
             chosen = [t for t in names if not targets or t in targets]
             for target, backbone, objective, seed in itertools.product(chosen, backbones, objectives, seeds):
-                config = self.resolve(ds, target, backbone, objective, seed, metric_name, obj_options)
+                config = self.resolve(ds, target, backbone, objective, seed, metric_name)
                 cell = config_hash(config)
                 path = record_path(runs_dir, config, cell)
-                cells.append(PlannedCell(config, cell, path, read_record(path) is not None))
+                cached = read_record(path, warn=lambda m: self.reporter.note(f"{m}; the cell will run again")) is not None
+                cells.append(PlannedCell(config, cell, path, cached))
         return cells
 
-    def resolve(self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str, obj_options: dict) -> dict[str, Any]:
+    def resolve(self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str) -> dict[str, Any]:
         """The full resolved config of a cell: everything its numbers depend on."""
         from .backbone import resolve_weights_path
         from .dataset import sha256_file
 
         o = self.options
         weights_path = resolve_weights_path(o.weights)
-        obj = self.plugins.objectives.get(objective)(**obj_options_for(objective, obj_options))
+        obj = self.objective(objective)
         return {
             "dataset": ds.name,
             "dataset_version": ds.version,
-            "dataset_options": dict(o.dataset_options),
-            "data_checksums": ds.checksums,
+            "dataset_options": dict(sorted(self.dataset_options.get(ds.name, {}).items())),
+            "data_checksums": self.data_checksums(ds),
             "target": target,
             "backbone": backbone,
             "weights": o.weights if weights_path is None else str(weights_path),
@@ -249,60 +303,104 @@ class Session:
             "conventions": list(ds.conventions),
             "split": {"seed": o.split_seed, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction if not ds.test_splits else None},
             "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
-            "code": {"rsabench": __version__, "plugins": dict(sorted(self.plugins.versions.items()))},
+            "code": {"rsabench": __version__, "plugins": self.plugins.used_versions(dataset=ds.name, backbone=backbone, objective=objective, metric=metric)},
         }
 
-    def preflight(self, cells: list[PlannedCell]) -> None:
-        """Check what only a built network can tell (weights available, layer names) before any cell runs."""
+    def preflight(self, cells: list[PlannedCell], runs_dir: Path | None = None) -> None:
+        """Check what only a built network can tell (weights available and finite, layer names, image size,
+        memory) and that ``runs_dir`` is writable, before any cell runs."""
         from .backbone import check_layers
 
         o = self.options
         for backbone in dict.fromkeys(c.config["backbone"] for c in cells):
             built = self.plugins.backbones.get(backbone)().build(weights=o.weights, seed=0)
+            ours = [c for c in cells if c.config["backbone"] == backbone]
+            trains = any(c.config["trains"] for c in ours)
             named = list(o.layers)
-            if any(c.config["trains"] for c in cells if c.config["backbone"] == backbone):
+            if trains:
                 named += [o.loss_layer] if o.loss_layer != "auto" else []
                 named += [o.trainable.partition(":")[2]] if ":" in o.trainable else []
             check_layers(built.model, named, backbone)
             layers = list(o.layers) or built.default_layers
-            check_image_size(built, layers, o.image_size, backbone)
+            n_images = max(g.n for c in ours for g in self.dataset(c.config["dataset"]).groups.values())
+            check_image_size(built, layers, o.image_size, backbone, o.batch_size, n_images, trains, resolve_device(o.device))
+        if runs_dir is not None and cells:
+            check_writable(runs_dir, "--runs-dir")
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, planned: PlannedCell) -> dict[str, Any]:
-        """Run one cell and write its record atomically; returns the record."""
+        """Run one cell and write its record atomically; returns the record.
+
+        The cell's lock is held meanwhile: another process sharing the runs dir waits, then (unless
+        ``self.force``) takes the record this one wrote instead of running the cell again.
+        """
         from .training import finish_checkpoints
 
-        checkpoints = planned.path.with_suffix(".ckpt")
-        record = run_cell(self, planned.config, planned.cell, checkpoint_dir=checkpoints)
-        write_atomic(planned.path, record)
-        finish_checkpoints(checkpoints, self.options.keep_checkpoints)
+        with cell_lock(planned.path, note=self.reporter.note):
+            if not self.force:
+                existing = read_record(planned.path)
+                if existing is not None and existing["cell"] == planned.cell:
+                    return existing
+            checkpoints = planned.path.with_suffix(".ckpt")
+            try:
+                record = run_cell(self, planned.config, planned.cell, checkpoint_dir=checkpoints)
+            except CellFailure as exc:
+                raise CellFailure(f"cell {describe(planned.config)}: {exc}") from None
+            except (MemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                o = self.options
+                raise CellFailure(
+                    f"cell {describe(planned.config)}: out of memory on {resolve_device(o.device)} with --image-size "
+                    f"{o.image_size} and --batch-size {o.batch_size} ({type(exc).__name__}); use smaller values"
+                ) from None
+            write_atomic(planned.path, record)
+            finish_checkpoints(checkpoints, self.options.keep_checkpoints)
         return record
 
 
-def check_image_size(built: Any, layers: list[str], size: int, backbone: str) -> None:
-    """One forward pass of a blank image at ``size`` through every layer; UsageError if the network can't take it."""
-    import torch
+def describe(config: dict[str, Any]) -> str:
+    """``dataset / target / backbone / objective / seed N``."""
+    return " / ".join(str(config[k]) for k in ("dataset", "target", "backbone", "objective")) + f" / seed {config['seed']}"
 
-    from .backbone import LayerTaps
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CPU or CUDA)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+
+
+def check_writable(directory: Path, option: str) -> None:
+    """Create ``directory`` (and parents) and write a probe file there; UsageError naming ``option`` if that fails."""
+    import tempfile
 
     try:
-        with torch.no_grad():
-            LayerTaps(built.model.eval(), layers)(torch.zeros(1, 3, size, size))
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".rsabench-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"{option} {directory}: not a writable directory ({reason})") from None
+
+
+def check_image_size(built: Any, layers: list[str], size: int, backbone: str, batch_size: int = 1, n_images: int = 1,
+                     trains: bool = False, device: str = "cpu") -> None:
+    """Shapes of a forward pass at ``size`` (meta device): UsageError if the network cannot take that size,
+    or if a cell would need more memory than ``device`` has free."""
+    from .memory import available_bytes, gib, needed_bytes, profile
+
+    try:
+        shapes = profile(built.model, layers, size)
     except (RuntimeError, ValueError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UsageError(f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); use a larger --image-size") from None
-
-
-def obj_options_for(objective: str, options: dict[str, str]) -> dict[str, Any]:
-    """``--objective-option`` values: ``key=value`` applies to every objective, ``name.key=value`` to one."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        name, dot, sub = key.partition(".")
-        if dot and name == objective:
-            out[sub] = value
-        elif not dot:
-            out[key] = value
-    return out
+    need, free = needed_bytes(shapes, batch_size, n_images, trains), available_bytes(device)
+    if free is not None and need > free:
+        raise UsageError(
+            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of memory "
+            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} are free; "
+            "use a smaller --image-size, --batch-size or fewer --layer"
+        )
 
 
 def resolve_device(option: str) -> str:
@@ -336,7 +434,7 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
     ds = session.dataset(config["dataset"])
     target = config["target"]
     metric = plugins.metrics.get(config["metric"])()
-    objective = plugins.objectives.get(config["objective"])(**obj_options_for(config["objective"], dict(o.objective_options)))
+    objective = session.objective(config["objective"])
     seed = config["seed"]
 
     if config["train"]:
@@ -380,13 +478,25 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
             idx = splits[g]["validation"]
             with reporter.stage(f"validation {g} (epoch {epoch})", len(idx)) as advance:
                 rdms = extract_rdms(model, layers, images[g][idx], o.batch_size, device, advance, channels_last)
-            raw = val_scorers[g].raw_values(rdms)
+            broken = [model_rdm_problem(r) for r in rdms]
+            raw = np.full(len(layers), np.nan)
+            ok = [k for k, problem in enumerate(broken) if problem is None]
+            if ok:
+                raw[ok] = val_scorers[g].raw_values(rdms[ok])
             per_layer += raw / len(groups)
             curves.extend({"epoch": epoch, "group": g, "layer": layer, "raw": float(v)} for layer, v in zip(layers, raw))
-        best_layer_at[epoch] = layers[int(np.argmax(per_layer))]
+        if np.all(np.isnan(per_layer)):
+            why = next(p for p in broken if p)
+            cause = f"training diverged or collapsed: after epoch {epoch}" if epoch else "the network as built: at epoch 0"
+            raise CellFailure(f"{cause} every layer's validation RDM {why}; nothing can be selected")
+        excluded = [layer for layer, v in zip(layers, per_layer) if np.isnan(v)]
+        if excluded and epoch == 0:
+            reporter.note(f"layer(s) {', '.join(excluded)}: constant or non-finite validation RDM at epoch 0, not selectable")
+        best_layer_at[epoch] = layers[int(np.nanargmax(per_layer))]
+        value = float(np.nanmax(per_layer))
         if epoch == 0:
-            untrained["value"] = float(per_layer.max())
-        return float(per_layer.max())
+            untrained["value"] = value
+        return value
 
     t0 = time.perf_counter()
     selection: dict[str, Any] = {"criterion": f"mean validation {config['metric']} over groups ({VALIDATION_CONVENTION})"}
@@ -450,12 +560,22 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
             continue
         rdms = _test_rdms(session, ds, g, idx, built, layers, config, device, channels_last)
         final = final_state_rdms.get((name, g), rdms)
+        problem = model_rdm_problem(rdms[chosen])
+        if problem:
+            raise CellFailure(f"the selected layer {selection['layer']} (epoch {selection['epoch']}): its {name} RDM on group {g} {problem}")
+        healthy = [k for k in range(len(layers)) if model_rdm_problem(final[k]) is None]
+        final_epoch = train_info["epochs_run"] if train_info else 0
         for convention in ds.conventions:
             scorer = make_scorer(convention, ds, target, g, metric, idx, o.bootstrap_seed)
             s = scorer.score(rdms[chosen])
             scores.append({"split": name, "group": g, "convention": convention, "layer": selection["layer"], "epoch": selection["epoch"], "score": s.to_dict()})
-            for layer, ls in zip(layers, scorer.score_many(final)):
-                per_layer.append({"split": name, "group": g, "convention": convention, "layer": layer, "epoch": train_info["epochs_run"] if train_info else 0, "score": ls.to_dict()})
+            layer_scores = dict(zip(healthy, scorer.score_many(final[healthy]))) if healthy else {}
+            for k, layer in enumerate(layers):
+                entry = {"split": name, "group": g, "convention": convention, "layer": layer, "epoch": final_epoch}
+                if k in layer_scores:
+                    per_layer.append({**entry, "score": layer_scores[k].to_dict()})
+                else:
+                    per_layer.append({**entry, "score": None, "problem": f"RDM {model_rdm_problem(final[k])}"})
     timings["test_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -469,7 +589,7 @@ def run_cell(session: Session, config: dict[str, Any], cell: str, checkpoint_dir
         "curves": {"validation": curves, "training": train_info},
         "splits": {g: {k: [int(i) for i in v] for k, v in s.items()} for g, s in splits.items()},
         "timings": timings,
-        "manifest": manifest(device, plugins.versions, {"weights_digest": built.weights_digest, "backbone_info": built.info, "seeds": {"cell": seed, "split": o.split_seed, "bootstrap": o.bootstrap_seed}, "data_checksums": ds.checksums}),
+        "manifest": manifest(device, plugins.versions, {"weights_digest": built.weights_digest, "backbone_info": built.info, "seeds": {"cell": seed, "split": o.split_seed, "bootstrap": o.bootstrap_seed}, "data_checksums": session.data_checksums(ds)}),
     }
 
 

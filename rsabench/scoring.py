@@ -6,15 +6,32 @@ A :class:`TargetScorer` holds one target's subject RDMs restricted to the scored
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import CellFailure
 from .rsa import sub_rdm, upper_tri
 
 BOOTSTRAP_SAMPLES = 1000
 CI_LEVEL = 0.95
+CONSTANT_SPREAD = 1e-6
+"""A model RDM whose entries all lie within this of each other is constant: the features carry no
+structure (a float32 correlation distance is exact to ~1e-7 for the feature sizes of a small layer, so a
+genuinely structured RDM spreads far wider; ranks of a constant vector are all ties, and any metric of
+it would be a number computed from nothing)."""
+
+
+def model_rdm_problem(rdm: np.ndarray) -> str | None:
+    """Why a model RDM (or RDM vector) cannot be scored, or None: non-finite values, or constant."""
+    v = np.asarray(rdm, dtype=np.float64)
+    v = upper_tri(v) if v.ndim == 2 and v.shape[0] == v.shape[1] and v.shape[0] > 1 else v.ravel()
+    if not np.all(np.isfinite(v)):
+        return "has non-finite values (NaN or inf: broken weights or features)"
+    if v.size and float(v.max() - v.min()) <= CONSTANT_SPREAD:
+        return "is constant (every pair equally dissimilar: the features are constant or identical across images)"
+    return None
 
 
 @dataclass
@@ -44,7 +61,11 @@ class Score:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Score":
-        return cls(**d)
+        """From a record's JSON (where a missing value is ``null``)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: (float("nan") if v is None and k not in ("extra",) else v) for k, v in d.items() if k in names}
+        values.setdefault("rho", values.get("raw", float("nan")))
+        return cls(**values)
 
 
 def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
@@ -125,15 +146,26 @@ class TargetScorer:
             model_rdms = sub_rdm(model_rdms, self.index)
         elif n != len(self.index):
             raise ValueError(f"model RDMs are {n}x{n}; expected {self.n_full} (all images) or {len(self.index)} (scored images)")
-        return upper_tri(model_rdms)
+        vectors = upper_tri(model_rdms)
+        for m, v in enumerate(vectors):
+            problem = model_rdm_problem(v)
+            if problem:
+                which = f"model RDM {m}" if len(vectors) > 1 else "the model RDM"
+                raise CellFailure(f"{which} {problem}; it cannot be scored")
+        return vectors
 
     def raw_values(self, model_rdms: np.ndarray) -> np.ndarray:
         """Raw score per model RDM ``(M,)`` (cheap: for layer/epoch selection)."""
-        return self._per_subject(self.model_vectors(model_rdms)).mean(axis=1)
+        return self._checked(self._per_subject(self.model_vectors(model_rdms))).mean(axis=1)
+
+    def _checked(self, values: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(values)):
+            raise CellFailure(f"metric {getattr(self.metric, 'name', self.metric)!r} returned non-finite values for a model RDM; it cannot be scored")
+        return values
 
     def score_many(self, model_rdms: np.ndarray) -> list[Score]:
         """Full :class:`Score` per model RDM (p-value: t-test over subjects of the per-subject value)."""
-        per_subject = self._per_subject(self.model_vectors(model_rdms))
+        per_subject = self._checked(self._per_subject(self.model_vectors(model_rdms)))
         extra = {
             "p_value_test": "two-sided one-sample t-test over subjects of the per-subject value against 0",
             "ceiling_source": "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)",

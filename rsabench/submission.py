@@ -20,7 +20,7 @@ from .conventions import CONVENTIONS, scorer_for, track_score
 from .dataset import Dataset
 from .errors import DataError, UsageError
 from .matio import BARE, check_rdms, read_arrays
-from .scoring import Score
+from .scoring import Score, model_rdm_problem
 
 SUBMISSION_KEYS: dict[str, dict[str, str]] = {
     "algonauts-fmri": {"EVC": "EVC_RDMs", "IT": "IT_RDMs"},
@@ -92,6 +92,9 @@ def read_submission(path: str | os.PathLike, dataset: Dataset, group: str) -> di
                 f"(expected {n}x{n})"
             )
         out[t] = check_rdms(value, where, n=n, ndim=2, check_diagonal_finite=False)
+        problem = model_rdm_problem(out[t])
+        if problem:
+            raise DataError(f"{where}: the model RDM {problem}; it cannot be scored")
     return out
 
 

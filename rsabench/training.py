@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .backbone import LayerTaps, set_bn_mode, trainable_parameters
-from .errors import UsageError
+from .errors import CellFailure, UsageError
 from .objective import Objective
 from .records import atomic_open
 from .rsa import rdm_from_unit_rows, unit_features
@@ -46,14 +46,18 @@ def extract_rdms(
     """Correlation-distance RDMs ``(layers, n, n)`` of ``images``, features normalised per batch.
 
     Per image: flatten, centre across features, L2-normalise; then one float32 Gram matrix per layer.
-    Always full precision (``--amp`` applies to training steps only).
+    Always full precision (``--amp`` applies to training steps only). Non-finite features are a
+    :class:`~rsabench.errors.CellFailure` naming the layer, never an RDM.
     """
     taps = LayerTaps(model, layers)
     units: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(images), batch_size):
         x = _to_device(images[start : start + batch_size], device, channels_last)
         for layer, out in taps(x).items():
-            units[layer].append(unit_features(out.float()).cpu())
+            out = out.float()
+            if not bool(torch.isfinite(out).all()):
+                raise CellFailure(f"layer {layer} produced non-finite features (NaN or inf): the network's weights are broken or diverged")
+            units[layer].append(unit_features(out).cpu())
         if advance:
             advance(len(x))
     rdms = np.empty((len(layers), len(images), len(images)), dtype=np.float32)
@@ -327,8 +331,16 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+    """Serialise in memory, then write atomically: a failing write (a full disk) raises the plain OSError."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fh.write(buffer.getbuffer())
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -494,8 +506,8 @@ def train(
                     features = taps(x)[loss_layer].float()
             loss = objective.loss(features, t)
             if not torch.isfinite(loss):
-                hint = " (try --amp bf16 or off)" if settings.amp == "fp16" else ""
-                raise RuntimeError(f"objective {objective.name!r} returned a non-finite loss at epoch {epoch}{hint}")
+                hint = "try --amp bf16 or off" if settings.amp == "fp16" else "lower --lr or set --grad-clip"
+                raise CellFailure(f"training diverged: objective {objective.name!r} returned a non-finite loss ({float(loss)}) at epoch {epoch} (lr {lr:g}); {hint}")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -514,6 +526,9 @@ def train(
             if advance:
                 advance(len(idx))
         model.eval()
+        bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise CellFailure(f"training diverged: non-finite weights after epoch {epoch} (lr {lr:g}) in {len(bad)} tensor(s), first {bad[0]}; lower --lr or set --grad-clip")
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         result.grad_norm.append(float(np.mean(norms)) if norms else float("nan"))
         result.lr.append(lr)

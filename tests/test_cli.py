@@ -95,7 +95,7 @@ def test_plan_shows_cached_cells(two_runs, capsys):
         (["run", "--image-size", "8"], "--image-size"),
         (["run", "--device", "tpu", "--weights", "random"], "--device must be auto, cpu or cuda"),
         (["run", "--dataset-option", "noequals"], "expected KEY=VALUE"),
-        (["run", "--target", "V1", "--weights", "random"], "--target V1: dataset 'kriegeskorte2008' has targets hIT"),
+        (["run", "--target", "V1", "--weights", "random"], "--target V1: not a target of this run (dataset 'kriegeskorte2008' has targets hIT)"),
         (["run", "--val-fraction", "0.9", "--weights", "random"], "--val-fraction and --test-fraction"),
         (["leaderboard", "--runs-dir", "/nonexistent/runs"], "--runs-dir /nonexistent/runs: no such directory"),
         (["list", "layers"], "name a backbone"),

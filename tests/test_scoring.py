@@ -8,13 +8,14 @@ from importlib import resources
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
 from rsabench.rsa import CosineMetric, KendallTauAMetric, PearsonMetric, SpearmanMetric, upper_tri
-from rsabench.scoring import Score, TargetScorer, paired_delta
+from rsabench.errors import CellFailure
+from rsabench.scoring import Score, TargetScorer, model_rdm_problem, paired_delta
 
 pytest.importorskip("rsatoolbox")
 
@@ -173,6 +174,7 @@ def candidate_rdm(scorer: TargetScorer, seed: int, kind: str, scale: float) -> n
     else:  # random mixture of the subject RDMs themselves
         w = rng.dirichlet(np.ones(scorer.vectors.shape[0] * scorer.vectors.shape[1]))
         vec = w @ scorer.vectors.reshape(-1, p) + scale * 1e-2 * rng.standard_normal(p)
+    assume(model_rdm_problem(vec) is None)  # a constant candidate has no score (see test_constant_rdm_has_no_score)
     return squareform(vec, checks=False)
 
 
@@ -196,6 +198,31 @@ def test_pearson_nothing_scores_above_the_upper_ceiling(pearson_scorer, seed, ki
 def test_cosine_nothing_scores_above_the_upper_ceiling(cosine_scorer, seed, kind, scale):
     raw = cosine_scorer.raw_values(candidate_rdm(cosine_scorer, seed, kind, scale))[0]
     assert raw <= cosine_scorer.ceiling_upper + 1e-12
+
+
+@pytest.mark.parametrize("metric", [SpearmanMetric(), PearsonMetric(), CosineMetric(), KendallTauAMetric()])
+@pytest.mark.parametrize("bad", ["ones", "zeros", "nan", "inf", "float-noise"])
+def test_constant_or_non_finite_rdm_has_no_score(rdms, metric, bad):
+    """A constant model RDM (constant or identical features) or a NaN one gets a failure, never 0.0 with a
+    zero-width CI (what ranking all-tied values would give)."""
+    n = rdms.shape[-1]
+    rdm = {"ones": 1.0 - np.eye(n), "zeros": np.zeros((n, n))}.get(bad)
+    if rdm is None:
+        rdm = 1.0 - np.eye(n)
+        if bad == "float-noise":  # identical features through float32 arithmetic: spread ~1e-7
+            noise = np.random.default_rng(0).uniform(0, 1e-7, (n, n))
+            rdm = rdm + np.triu(noise, 1) + np.triu(noise, 1).T
+        else:
+            rdm[3, 5] = rdm[5, 3] = np.nan if bad == "nan" else np.inf
+    scorer = TargetScorer(rdms, metric)
+    assert model_rdm_problem(rdm) is not None
+    for call in (scorer.score, scorer.raw_values, scorer.score_many):
+        with pytest.raises(CellFailure, match="constant|non-finite"):
+            call(rdm)
+    structured = rdm.copy()
+    structured[np.isfinite(structured) == False] = 1.0  # noqa: E712
+    structured[0, 1] = structured[1, 0] = 0.5  # one pair differs by far more than float noise
+    assert model_rdm_problem(structured) is None
 
 
 # ------------------------------------------------------------------------------------------------

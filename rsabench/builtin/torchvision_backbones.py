@@ -141,7 +141,7 @@ def imagenet_state_dict(weights: Any) -> dict[str, torch.Tensor]:
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            return weights.get_state_dict(progress=False, check_hash=True)
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
         except Exception as exc:
             raise UsageError(
                 f"ImageNet weights not available: expected {path} and the download failed "
