@@ -112,7 +112,6 @@ def run_options(func: Callable) -> Callable:
 
 
 def _session(kw: dict[str, Any]):
-    from .plugins import get_plugins
     from .runner import RunOptions, Session
 
     options = RunOptions(
@@ -127,8 +126,7 @@ def _session(kw: dict[str, Any]):
         grad_clip=kw["grad_clip"], amp=kw["amp"], channels_last=kw["channels_last"], adapt_bn=kw["adapt_bn"],
         keep_checkpoints=kw["keep_checkpoints"],
     )
-    plugins = get_plugins()
-    _warn_broken_plugins(plugins)
+    plugins = _plugins()
     return Session(plugins, options, reporter=RichReporter())
 
 
@@ -143,10 +141,20 @@ def _plan(session, kw: dict[str, Any]):
     )
 
 
-def _warn_broken_plugins(plugins) -> None:
-    for name, errors in plugins.load_errors.items():
-        for error in errors:
-            _warn(f"plugin {name!r} skipped: {error}")
+_WARNED: list[bool] = []
+
+
+def _plugins():
+    """The process's plugins; the first call reports every plugin that was skipped, and why."""
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    if not _WARNED:
+        _WARNED.append(True)
+        for name, errors in plugins.load_errors.items():
+            for error in errors:
+                _warn(f"plugin {name!r} skipped: {error}")
+    return plugins
 
 
 def _warn(message: str) -> None:
@@ -255,10 +263,7 @@ def list_cmd(kind: str | None, pattern: str) -> None:
     """
     from rich.table import Table
 
-    from .plugins import get_plugins
-
-    plugins = get_plugins()
-    _warn_broken_plugins(plugins)
+    plugins = _plugins()
     console = _console()
     if kind == "layers":
         _list_layers(plugins, pattern, console)
@@ -366,13 +371,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def score(submission: Path, dataset: str, split: str | None, conventions: tuple[str, ...], metric: str, data_dir: Path | None, bootstrap_seed: int, fmt: str) -> None:
     """Score precomputed RDMs (Algonauts submit_*.mat/.npy format) against a dataset's targets."""
-    from .plugins import get_plugins
     from .runner import Session, RunOptions
     from .submission import score_submission
 
     if not submission.is_file():
         raise UsageError(f"{submission}: submission file not found")
-    plugins = get_plugins()
+    plugins = _plugins()
     plugins.metrics.canonical(metric)
     session = Session(plugins, RunOptions(data_dir=str(data_dir) if data_dir else None), reporter=RichReporter())
     ds = session.dataset(dataset)
@@ -405,6 +409,7 @@ def score(submission: Path, dataset: str, split: str | None, conventions: tuple[
 @cli.group()
 def data() -> None:
     """Dataset files: info, verify, import, fetch."""
+    _plugins()
 
 
 @data.command("info")
@@ -497,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             signal.signal(signum, _on_signal)
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=argv, prog_name="rsabench", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

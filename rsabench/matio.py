@@ -291,6 +291,8 @@ _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 def _reduce(func: object, args: object) -> object:
     """What REDUCE would build, for the few numpy callables a pickled scalar-keyed dict uses; else opaque."""
     if isinstance(func, _Global) and isinstance(args, tuple):
+        if (func.module, func.name) == ("_codecs", "encode") and len(args) == 2 and args[1] == "latin1" and isinstance(args[0], str):
+            return args[0].encode("latin1")  # how protocol 2 spells bytes
         if (func.module, func.name) == ("numpy", "dtype") and args and isinstance(args[0], str):
             return _Dtype(args[0])
         if func.module in _NUMPY_MODULES and func.name == "scalar" and len(args) == 2 and isinstance(args[0], _Dtype):

@@ -26,37 +26,49 @@ class Profile:
     parameters: int
 
 
+class _Enough(Exception):
+    """Raised in a hook once every requested layer has an output (as extraction stops there too)."""
+
+
 def profile(model: "nn.Module", layers: Sequence[str], size: int) -> Profile:
-    """Shapes of every module output for one ``size``×``size`` image, from a meta-device forward pass
-    (falls back to a real one for models with operations the meta device lacks). Raises what the
-    forward pass raises when the network cannot take that size."""
+    """Shapes of the module outputs for one ``size``×``size`` image, up to the deepest of ``layers``, from a
+    meta-device forward pass (falls back to a real one for models with operations the meta device lacks).
+    Raises what the forward pass raises when the network cannot take that size."""
     import torch
 
     outputs: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()) or name in layers:
-            def hook(_m, _i, out, name=name):
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                if hasattr(out, "numel"):
-                    outputs.setdefault(name, int(out[0].numel()) if out.dim() else 1)
-            handles.append(module.register_forward_hook(hook))
+    wanted = set(layers)
+    modules = dict(model.named_modules())
+    leaves = {n for n, m in modules.items() if n and not any(True for _ in m.children())}
+
+    def hook(_m, _i, out, name: str) -> None:
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if hasattr(out, "numel"):
+            outputs.setdefault(name, int(out[0].numel()) if out.dim() else 1)
+        if wanted <= outputs.keys():
+            raise _Enough
+
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in sorted(leaves | wanted)]
     try:
         try:
             state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
             with torch.no_grad():
                 torch.func.functional_call(model.eval(), state, (torch.empty(1, 3, size, size, device="meta"),), strict=False)
+        except _Enough:
+            pass
         except NotImplementedError:
             outputs.clear()
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, size, size))
+            try:
+                with torch.no_grad():
+                    model.eval()(torch.zeros(1, 3, size, size))
+            except _Enough:
+                pass
     finally:
         for h in handles:
             h.remove()
-    leaves = [n for n in outputs if n not in layers or not any(True for _ in model.get_submodule(n).children())]
     return Profile(
         tapped={layer: outputs.get(layer, 0) for layer in layers},
-        activations=sum(outputs[n] for n in leaves),
+        activations=sum(v for n, v in outputs.items() if n in leaves),
         largest=max(outputs.values(), default=0),
         parameters=sum(p.numel() for p in model.parameters()),
     )
