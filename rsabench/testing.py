@@ -13,10 +13,20 @@ import numpy as np
 from .errors import UsageError
 
 
-def check_dataset(factory: Any, data_dir: Path | None) -> None:
-    """Loads, validates, has targets on groups with image ids; images (when present) are uint8 (n, H, W, 3)."""
+def check_dataset(factory: Any, data_dir: Path | None, name: str | None = None) -> None:
+    """Loads a Dataset (named ``name``), validates, has targets on groups with image ids; images (when
+    present) are uint8 (n, H, W, 3); every listed input file exists; options are declared parameters."""
+    from .dataset import Dataset
+    from .registry import accepted_options
+
     ds = factory(data_dir)
+    assert isinstance(ds, Dataset), f"the factory returned {type(ds).__name__}, not a Dataset"
+    assert name is None or ds.name == name, f"the dataset registered as {name!r} is named {ds.name!r}"
     ds.validate()
+    for label, paths in ds.files.items():
+        assert paths and all(Path(p).is_file() for p in paths), f"{ds.name}: input files of {label!r} missing"
+    options = accepted_options(factory, skip=1)
+    assert options is None or all(isinstance(o, str) for o in options)
     assert ds.targets and ds.train_groups
     for group in ds.train_groups:
         g = ds.groups[group]

@@ -18,7 +18,7 @@ def test_no_plugin_failed_to_load():
 @pytest.mark.parametrize("name", PLUGINS.datasets.names())
 def test_dataset_contract(name, shared_data_or_none):
     try:
-        testing.check_dataset(PLUGINS.datasets.get(name), shared_data_or_none)
+        testing.check_dataset(PLUGINS.datasets.get(name), shared_data_or_none, name)
     except DataError as exc:
         pytest.skip(f"{name}: data not available here ({exc})")
 
