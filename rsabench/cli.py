@@ -498,9 +498,19 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes → one line on stderr, exit 2; failures → one line, exit 1;
     SIGINT/SIGTERM → "interrupted", exit 130/143 (a cell in progress writes no record; rerun to resume)."""
+    RECEIVED_SIGNALS.clear()
+    previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            signal.signal(signum, _on_signal)
+            previous[signum] = signal.signal(signum, _on_signal)
+    try:
+        _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="rsabench", standalone_mode=False)
     except click.exceptions.Exit as exc:
