@@ -273,3 +273,42 @@ def test_impostor_and_path_names_are_skipped_and_named(with_plugins, capsys):
     assert "plugin 'impostor' skipped: dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'" in err
     assert "plugin 'escape' skipped: invalid objective name '..'" in err
     assert isinstance(plugins.datasets.get("kriegeskorte2008")(None), Dataset)
+
+
+# -- data verify: problems are listed one per line, exit 1, nothing is changed ----------------------
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        ("missing", "Algonauts 2019 data not found"),
+        ("truncated-mat", "Test_Data/target_fmri.mat: cannot read as a MATLAB v7.3 (HDF5) file"),
+        ("extra-image", "13 image files but the RDMs"),
+        ("corrupt-image", "image_02.jpg: unreadable image"),
+        ("asymmetric", "RDMs are not symmetric"),
+    ],
+)
+def test_verify_lists_problems(damage, fragment, tmp_path, capsys):
+    from algonauts_fixture import make_release, write_mat
+
+    data = tmp_path / "data"
+    if damage != "missing":
+        written = make_release(data, "fmri", {"92": 12, "78": 10})
+        root = data / "algonauts2019"
+        images = root / "Training_Data/92_Image_Set/92images"
+        if damage == "truncated-mat":
+            path = root / "Test_Data/target_fmri.mat"
+            path.write_bytes(path.read_bytes()[:2000])
+        elif damage == "extra-image":
+            (images / "image_13.jpg").write_bytes((images / "image_01.jpg").read_bytes())
+        elif damage == "corrupt-image":
+            (images / "image_02.jpg").write_bytes((images / "image_02.jpg").read_bytes()[:40])
+        else:
+            arrays = dict(written["92"])
+            arrays["IT_RDMs"] = arrays["IT_RDMs"].copy()
+            arrays["IT_RDMs"][0, 1, 2] += 0.5
+            write_mat(root / "Training_Data/92_Image_Set/target_fmri.mat", arrays, "v7.3")
+    before = sorted(files_under(tmp_path))
+    code, out, err = run_cli(capsys, ["data", "verify", "algonauts-fmri", "--data-dir", str(data), "--no-checksums"])
+    assert code == 1 and fragment in err, err
+    assert err.strip().splitlines()[-1].startswith("algonauts-fmri: ") and "problem(s)" in err
+    assert all(line.startswith(("problem: ", "algonauts-fmri: ")) for line in err.strip().splitlines()), err
+    assert "Traceback" not in err and sorted(files_under(tmp_path)) == before
