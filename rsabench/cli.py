@@ -141,7 +141,7 @@ def _plan(session, kw: dict[str, Any]):
     )
 
 
-_WARNED: list[bool] = []
+_WARNED: set[int] = set()
 
 
 def _plugins():
@@ -149,8 +149,8 @@ def _plugins():
     from .plugins import get_plugins
 
     plugins = get_plugins()
-    if not _WARNED:
-        _WARNED.append(True)
+    if id(plugins) not in _WARNED:  # once per plugin set (a process has one; tests build others)
+        _WARNED.add(id(plugins))
         for name, errors in plugins.load_errors.items():
             for error in errors:
                 _warn(f"plugin {name!r} skipped: {error}")
