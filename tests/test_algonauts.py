@@ -13,6 +13,7 @@ from algonauts_fixture import fmri_rdms, make_release, write_images, write_mat73
 from scipy.spatial.distance import squareform
 from scipy.stats import rankdata, spearmanr
 
+from precision import F64
 from rsabench import datastore
 from rsabench.builtin import algonauts
 from rsabench.conventions import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer, ComputedScorer, devkit_noise_ceiling
@@ -52,7 +53,7 @@ def test_real_fmri_layout(fmri, shared_data):
 
     with h5py.File(shared_data / "algonauts2019/Training_Data/92_Image_Set/target_fmri.mat", "r") as f:
         raw = f["IT_RDMs"][()]  # (92, 92, 15)
-    np.testing.assert_array_equal(fmri.target("IT", "92").rdms[3, 0], raw[:, :, 3].T)
+    np.testing.assert_array_equal(fmri.target("IT", "92").rdms[3, 0], raw[:, :, 3].T)  # a copy of the file's doubles
 
 
 def test_real_images_match_rdm_rows(fmri):
@@ -69,19 +70,21 @@ def test_devkit_ceiling_constants_reproduce(fmri, group, target):
     """The devkit's hard-coded NC = upper ceiling (plain subject mean, squared Spearman), to 4 decimals."""
     rdms = fmri.target(target, group).rdms
     scorer = Algonauts2019Scorer(rdms, SpearmanMetric(), noise_ceiling=None)
-    assert abs(scorer.ceiling_upper - DEVKIT_NOISE_CEILINGS[("fmri", group, target)]) < 5e-5
+    # the constants are printed to 4 decimals: half a unit of the last digit, plus our float64 rounding
+    assert abs(scorer.ceiling_upper - DEVKIT_NOISE_CEILINGS[("fmri", group, target)]) <= 5e-5 + F64
     # and the vectorised ceiling equals the plain loop over subjects
     subj = rdms[:, 0]
     mean = subj.mean(axis=0)
     loop = np.mean([spearmanr(sq(s), sq(mean))[0] ** 2 for s in subj])
-    assert scorer.ceiling_upper == pytest.approx(loop, abs=1e-12)
+    # float64 Spearman (ranks exact) over <= 6903 pairs, squared (|r| <= 1), mean of 15, two ways: precision.F64
+    assert scorer.ceiling_upper == pytest.approx(loop, abs=F64)
 
 
 def test_devkit_lower_ceiling_is_leave_one_out(fmri):
     subj = fmri.target("EVC", "92").rdms[:, 0]
     loop = np.mean([spearmanr(sq(subj[s]), sq(np.delete(subj, s, 0).mean(0)))[0] ** 2 for s in range(len(subj))])
     lower, upper = devkit_noise_ceiling(np.stack([[sq(s)] for s in subj]))
-    assert lower == pytest.approx(loop, abs=1e-12) and lower < upper
+    assert lower == pytest.approx(loop, abs=F64) and lower < upper  # as above: float64 R², 4186 pairs, F64
 
 
 def test_pooled_subject_rdm_scores_100_percent_computed(fmri):
@@ -90,8 +93,10 @@ def test_pooled_subject_rdm_scores_100_percent_computed(fmri):
     pooled = squareform(ranks.mean(axis=0))
     score = ComputedScorer(rdms, SpearmanMetric()).score(pooled)
     expected = np.mean([spearmanr(sq(pooled), sq(s[0]))[0] for s in rdms])
-    assert score.ceiling_upper == pytest.approx(expected, abs=1e-12)
-    assert score.normalized == pytest.approx(100.0, abs=1e-9)
+    # float64 Spearman, 4186 pairs, scipy vs us: precision.F64
+    assert score.ceiling_upper == pytest.approx(expected, abs=F64)
+    # raw and ceiling: the same quantity on the same mean ranks (sums of half-integers, exact): rel F64 of 100
+    assert score.normalized == pytest.approx(100.0, rel=F64)
     assert score.convention == "computed" and score.ceiling_lower < score.ceiling_upper
 
 
@@ -103,9 +108,10 @@ def test_validation_subset_uses_data_ceiling_on_same_pairs(fmri):
     s = scorer_for("algonauts2019", fmri, "IT", "92", rdms, "spearman", index)
     sub = rdms[:, 0][:, index][:, :, index]
     mean = sub.mean(axis=0)
-    assert s.ceiling_upper == pytest.approx(np.mean([spearmanr(sq(x), sq(mean))[0] ** 2 for x in sub]), abs=1e-12)
+    # float64 R² over 1035 pairs, two ways: precision.F64
+    assert s.ceiling_upper == pytest.approx(np.mean([spearmanr(sq(x), sq(mean))[0] ** 2 for x in sub]), abs=F64)
     full = scorer_for("algonauts2019", fmri, "IT", "92", rdms, "spearman", None)
-    assert full.ceiling_upper == 0.3075
+    assert full.ceiling_upper == 0.3075  # the devkit constant itself, copied: exact
 
 
 # -- generated releases --------------------------------------------------------------------------
@@ -118,7 +124,7 @@ def test_meg_layout_both_formats(tmp_path, fmt):
     assert ds.target_normalization == "agrawal"
     t = ds.target("MEG-late", "78")
     assert t.kind == "decoding-accuracy" and t.rdms.shape == (15, 2, 78, 78)
-    np.testing.assert_array_equal(t.rdms, written["78"]["MEG_RDMs_late"])
+    np.testing.assert_array_equal(t.rdms, written["78"]["MEG_RDMs_late"])  # file round trip of doubles: exact
     assert ds.train_groups == ["92"] and ds.test_splits == {"test": ["78"], "test2": ["78-ts2"]}
     assert any("118" in n for n in ds.notes)
 
@@ -133,7 +139,7 @@ def test_meg_nan_diagonal_is_set_to_zero(tmp_path):
         a[..., i, i] = np.nan
     write_mat73(path, data)
     ds = algonauts.load_meg(tmp_path)
-    assert np.all(np.diagonal(ds.target("MEG-early", "92").rdms, axis1=-2, axis2=-1) == 0)
+    assert np.all(np.diagonal(ds.target("MEG-early", "92").rdms, axis1=-2, axis2=-1) == 0)  # set, not computed
     bad = data["MEG_RDMs_late"]
     bad[0, 1, 2, 3] = bad[0, 1, 3, 2] = np.nan
     write_mat73(path, data)
@@ -278,7 +284,7 @@ def test_import_zip_in_parts_and_unsafe_zip(tmp_path):
             zf.writestr("__MACOSX/._junk", b"junk")
         datastore.import_release("algonauts-meg", archive, data_dir, checksums=False)
     ds = algonauts.load_meg(data_dir)
-    np.testing.assert_array_equal(ds.target("MEG-early", "78").rdms, written["78"]["MEG_RDMs_early"])
+    np.testing.assert_array_equal(ds.target("MEG-early", "78").rdms, written["78"]["MEG_RDMs_early"])  # copied doubles
     assert not (data_dir / "algonauts2019" / "__MACOSX").exists()
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:

@@ -28,6 +28,8 @@ def test_v73_is_transposed_back_like_the_devkit(tmp_path):
         scipy.io.loadmat(path)
     assert detect_format(path) == "mat-v7.3"
     got = load_rdm_arrays(path, ["MEG_RDMs_early"], ndim=4)["MEG_RDMs_early"]
+    # float64 stored and read back verbatim, transposes are copies: no arithmetic, so bit-identical (every file
+    # round trip in this module)
     np.testing.assert_array_equal(got, meg)
     assert array_shapes(path) == {"MEG_RDMs_early": (3, 2, 7, 7)}
 
@@ -35,7 +37,7 @@ def test_v73_is_transposed_back_like_the_devkit(tmp_path):
 def test_v73_subject_stack_and_single_matrix(tmp_path, rdms):
     path = write_mat73(tmp_path / "t.mat", {"EVC_RDMs": rdms, "sub": rdms[0]})
     got = load_rdm_arrays(path)
-    np.testing.assert_array_equal(got["EVC_RDMs"], rdms)
+    np.testing.assert_array_equal(got["EVC_RDMs"], rdms)  # a float64 round trip, no arithmetic: bit-identical
     np.testing.assert_array_equal(got["sub"], rdms[0])
 
 
@@ -44,12 +46,13 @@ def test_v73_without_userblock_is_detected_by_signature(tmp_path, rdms):
     with h5py.File(path, "w") as f:
         f["X"] = np.transpose(rdms)
     assert detect_format(path) == "mat-v7.3"
-    np.testing.assert_array_equal(load_rdm_arrays(path, ["X"])["X"], rdms)
+    np.testing.assert_array_equal(load_rdm_arrays(path, ["X"])["X"], rdms)  # float64 round trip: bit-identical
 
 
 def test_v5_npz_npy(tmp_path, rdms):
     v5 = write_mat5(tmp_path / "a.mat", {"IT_RDMs": rdms})
     assert detect_format(v5) == "mat-v5"
+    # float64 round trips through .mat v5, .npz, .npy: no arithmetic, bit-identical
     np.testing.assert_array_equal(load_rdm_arrays(v5, ["IT_RDMs"], n=9, ndim=3)["IT_RDMs"], rdms)
     npz = tmp_path / "a.npz"
     np.savez(npz, IT_RDMs=rdms)

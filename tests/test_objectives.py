@@ -13,6 +13,7 @@ from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr
 from scipy.stats import zscore as scipy_zscore
 
+from precision import F64, U64, correlation_distance_tolerance, correlation_tolerance, mean_tolerance, zscore_tolerance
 from rsabench.builtin.basic_objectives import Dissim, Frozen
 from rsabench.builtin.similarity_objectives import CKA, Contrastive, RDMCorrelation
 from rsabench.errors import UsageError
@@ -104,10 +105,13 @@ def test_contrastive_matches_per_pair_loop(batch, center, margin):
     obj = Contrastive(margin=str(margin), center=str(center).lower())
     pairs = target[np.triu_indices(len(target), 1)]
     obj.setup(pairs)
-    assert obj.threshold == pytest.approx(float(np.median(pairs)))
+    assert obj.threshold == float(np.median(pairs))  # 45 pairs, exact index 22: both pick the middle value, exact
     got = obj.loss(torch.from_numpy(feats), torch.from_numpy(target))
     assert got.dtype == torch.float64
-    assert float(got) == pytest.approx(contrastive_loop(feats, target, float(np.median(pairs)), margin, center), rel=1e-10)
+    # float64, 60-term rows, Gram form vs per-pair differences (D >= 1 here, so sqrt does not amplify), mean of
+    # 45 terms of size <= 2 (the labels compare the same numbers: identical): precision.F64
+    want = contrastive_loop(feats, target, float(np.median(pairs)), margin, center)
+    assert float(got) == pytest.approx(want, rel=F64)
 
 
 def test_contrastive_both_terms_matter(batch):
@@ -116,17 +120,21 @@ def test_contrastive_both_terms_matter(batch):
     d2 = 2.0 * corr_dist(feats)  # squared Euclidean distance of centred unit-norm rows
     iu = np.triu_indices(len(target), 1)
     all_similar = Contrastive(threshold="10")  # no pair above: loss = mean D^2 / 2
-    assert float(all_similar.loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(0.5 * d2[iu].mean())
+    # float64 both ways: each D² within 2·2·correlation_distance_tolerance ≈ 2e-13 (|d(2-D)²/dD²| <= 1/2 for
+    # D >= 1), losses ~1: precision.F64
+    assert 4 * correlation_distance_tolerance(feats, U64) < F64
+    loss = float(all_similar.loss(torch.from_numpy(feats), torch.from_numpy(target)))
+    assert loss == pytest.approx(0.5 * d2[iu].mean(), rel=F64)
     all_dissimilar = Contrastive(threshold="-10", margin="2")  # every pair: (2 - D)^2 / 2
     want = 0.5 * np.mean((2.0 - np.sqrt(d2[iu])) ** 2)
-    assert float(all_dissimilar.loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want)
+    assert float(all_dissimilar.loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, rel=F64)
 
 
 def test_contrastive_threshold_options():
     pairs = np.arange(101, dtype=float)
     q = Contrastive(quantile="0.9")
     q.setup(pairs)
-    assert q.threshold == pytest.approx(90.0)
+    assert q.threshold == pytest.approx(90.0, rel=4 * U64)  # index 0.9·100 and the interpolation: a few ulps
     fixed = Contrastive(threshold="3.5")
     fixed.setup(pairs)  # an explicit threshold is not overridden by the training pairs
     assert fixed.threshold == 3.5
@@ -139,9 +147,14 @@ def test_contrastive_threshold_options():
 def test_rdm_corr_matches_scipy_pearson(batch):
     feats, target = batch
     iu = np.triu_indices(len(target), 1)
-    want = 1.0 - pearsonr(corr_dist(feats)[iu], target[iu])[0]
+    pred = corr_dist(feats)[iu]
+    want = 1.0 - pearsonr(pred, target[iu])[0]
     got = RDMCorrelation().loss(torch.from_numpy(feats), torch.from_numpy(target))
-    assert float(got) == pytest.approx(want, rel=1e-9)
+    # two float64 evaluations, each within correlation_tolerance of the exact r, the model RDM's entries
+    # within their correlation_distance_tolerance
+    tol = 2 * correlation_tolerance(pred, target[iu], err_x=correlation_distance_tolerance(feats, U64))
+    assert tol < 1e-9  # far below what a wrong pairing or a missing centring moves: O(0.01)
+    assert float(got) == pytest.approx(want, abs=tol)
 
 
 def test_rdm_corr_is_scale_and_offset_free(batch):
@@ -149,8 +162,14 @@ def test_rdm_corr_is_scale_and_offset_free(batch):
     x, t = torch.from_numpy(feats), torch.from_numpy(target)
     obj = RDMCorrelation()
     off = (3.0 * t + 7.0) * (1 - torch.eye(len(t), dtype=t.dtype))
-    assert float(obj.loss(x, off)) == pytest.approx(float(obj.loss(x, t)), rel=1e-10)
-    assert float(obj.loss(x, -t)) == pytest.approx(2.0 - float(obj.loss(x, t)), rel=1e-10)
+    # the model RDM is the same on both sides; each correlation rounds within correlation_tolerance, and 3t + 7
+    # is itself rounded (2 ulps of |3t + 7|); -t is exact
+    iu = np.triu_indices(len(target), 1)
+    pred, tv, ov = corr_dist(feats)[iu], target[iu], off.numpy()[iu]
+    one = correlation_tolerance(pred, tv)
+    tol = one + correlation_tolerance(pred, ov, err_y=2 * U64 * np.abs(ov).max())
+    assert float(obj.loss(x, off)) == pytest.approx(float(obj.loss(x, t)), abs=tol)
+    assert float(obj.loss(x, -t)) == pytest.approx(2.0 - float(obj.loss(x, t)), abs=2 * one + 2 * U64)
 
 
 # -- cka ------------------------------------------------------------------------------------------
@@ -164,11 +183,14 @@ def test_cka_matches_kornblith_feature_space(batch):
     x, t = torch.from_numpy(feats), torch.from_numpy(target)
     corr = CKA().cka(x, t)
     lin = CKA(kernel="linear").cka(x, t)
-    assert float(corr) == pytest.approx(kornblith_linear_cka(unit_centered(feats), unit_centered(hidden)), rel=1e-10)
-    assert float(lin) == pytest.approx(kornblith_linear_cka(feats.reshape(10, -1), unit_centered(hidden)), rel=1e-10)
-    assert float(corr) != pytest.approx(float(lin), rel=1e-3)  # the two kernels are different definitions
+    # float64, 10 images, 60- and 6-term rows, 100-term Frobenius products of O(1) (linear: O(60), but CKA is a
+    # ratio, so relative) kernels, feature vs Gram form: precision.F64
+    assert float(corr) == pytest.approx(kornblith_linear_cka(unit_centered(feats), unit_centered(hidden)), rel=F64)
+    assert float(lin) == pytest.approx(kornblith_linear_cka(feats.reshape(10, -1), unit_centered(hidden)), rel=F64)
+    assert float(corr) != pytest.approx(float(lin), rel=1e-3)  # different definitions: apart by far more than F64
     loss = CKA(eps="1e-6").loss(x, t)
-    assert float(loss) == pytest.approx(math.log(1.0 - float(corr) + 1e-6), rel=1e-10)
+    # the same float64 ops on the same CKA value; only the log's implementation differs (<= 1 ulp each)
+    assert float(loss) == pytest.approx(math.log(1.0 - float(corr) + 1e-6), rel=4 * U64)
 
 
 def test_cka_matches_gram_formula_on_a_non_euclidean_rdm(batch):
@@ -178,9 +200,10 @@ def test_cka_matches_gram_formula_on_a_non_euclidean_rdm(batch):
     target = np.triu(a, 1) + np.triu(a, 1).T  # arbitrary symmetric dissimilarities, zero diagonal
     z = unit_centered(feats)
     want = gram_cka(z @ z.T, -0.5 * target)
-    assert float(CKA().cka(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, rel=1e-10)
+    # float64, O(1) kernels of 10 images, centring by a mean vs by H: precision.F64
+    assert float(CKA().cka(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, rel=F64)
     junk = target + np.diag(rng.uniform(1, 5, 10))  # only pairs count: a non-zero diagonal is ignored
-    assert float(CKA().cka(torch.from_numpy(feats), torch.from_numpy(junk))) == pytest.approx(want, rel=1e-10)
+    assert float(CKA().cka(torch.from_numpy(feats), torch.from_numpy(junk))) == pytest.approx(want, rel=F64)
 
 
 def test_cka_perfect_fit_is_finite():
@@ -188,9 +211,12 @@ def test_cka_perfect_fit_is_finite():
     target = torch.from_numpy(corr_dist(hidden.numpy()))
     feats = (3.0 * hidden + 1.0).clone().requires_grad_(True)  # same correlation geometry
     obj = CKA()
-    assert float(obj.cka(feats, target).detach()) == pytest.approx(1.0, abs=1e-10)
+    # float64: the kernels agree to rounding, and 1 - cos is second order in their difference; what is left is the
+    # rounding of the 64-term cosine itself: precision.F64
+    assert float(obj.cka(feats, target).detach()) == pytest.approx(1.0, abs=F64)
     loss = obj.loss(feats, target)
-    assert float(loss.detach()) == pytest.approx(math.log(1e-6), abs=1e-3)
+    # log(eps + δ) - log(eps) <= δ/eps with δ = |1 - CKA| <= F64; without eps the loss would be -inf or ~-30
+    assert float(loss.detach()) == pytest.approx(math.log(1e-6), abs=F64 / 1e-6)
     loss.backward()
     assert torch.isfinite(feats.grad).all()
 
@@ -200,10 +226,21 @@ def test_dissim_matches_squared_error(batch):
     feats, target = batch
     iu = np.triu_indices(len(target), 1)
     pred = corr_dist(feats)[iu]
-    assert float(Dissim().loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(np.mean((pred - target[iu]) ** 2), rel=1e-9)
+    # the two model RDMs differ by <= err per pair; (p - t)² then by <= 2·max|p - t|·err + err², plus the rounding
+    # of a 45-term mean of squares, F64 relative
+    err = 2 * correlation_distance_tolerance(feats, U64)
+    want = np.mean((pred - target[iu]) ** 2)
+    tol = 2 * np.abs(pred - target[iu]).max() * err + err**2 + F64 * want
+    assert tol < 1e-9 * want  # far below what a wrong pairing or target transform moves: O(want)
+    assert float(Dissim().loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, abs=tol)
     fz = Dissim(space="fisher-z")
-    want = np.mean((np.arctanh(np.clip(1 - pred, -0.999, 0.999)) - np.arctanh(np.clip(1 - target[iu], -0.999, 0.999))) ** 2)
-    assert float(fz.loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, rel=1e-9)
+    zp, zt = np.arctanh(np.clip(1 - pred, -0.999, 0.999)), np.arctanh(np.clip(1 - target[iu], -0.999, 0.999))
+    want = np.mean((zp - zt) ** 2)
+    # atanh'(r) = 1/(1 - r²) scales err; each atanh implementation adds <= 2 ulps of |z|
+    dz = err / (1 - np.clip(1 - pred, -0.999, 0.999) ** 2).min() + 4 * U64 * max(np.abs(zp).max(), np.abs(zt).max())
+    tol = 2 * np.abs(zp - zt).max() * dz + dz**2 + F64 * want
+    assert tol < 1e-9 * want
+    assert float(fz.loss(torch.from_numpy(feats), torch.from_numpy(target))) == pytest.approx(want, abs=tol)
     assert fz.target_normalization("none") == "none"
     with pytest.raises(UsageError, match="fisher-z"):
         fz.target_normalization("zscore")
@@ -226,13 +263,21 @@ def test_target_normalizations_against_scipy():
     for s in range(3):
         for r in range(2):
             sub = rdms[s, r][np.ix_(train, train)][it, jt]
-            assert np.allclose(z[s, r][np.ix_(train, train)][it, jt], scipy_zscore(sub))
+            # float64 z-scores over 10 pairs, ours vs scipy / written out: zscore_tolerance
+            tol = zscore_tolerance(sub, sub)
+            assert tol < 1e-9  # far below what a statistic from the wrong pairs (leakage) moves: O(0.1)
+            assert np.allclose(z[s, r][np.ix_(train, train)][it, jt], scipy_zscore(sub), rtol=0, atol=tol)
             # the held-out images use the training pairs' mean and SD (no leakage)
-            assert z[s, r, 1, 4] == pytest.approx((rdms[s, r, 1, 4] - sub.mean()) / sub.std())
-            assert a[s, r, 1, 4] == pytest.approx(((rdms[s, r, 1, 4] - sub.mean()) / sub.std() + 2) / 5)
-            assert np.all(np.diag(z[s, r]) == 0) and np.all(np.diag(a[s, r]) == 0)
-    assert np.array_equal(normalize_subject_rdms(rdms, "none", train), rdms)
-    assert np.allclose(training_target(rdms, "zscore", train), z.mean(axis=(0, 1)))
+            x = rdms[s, r, 1, 4]
+            tol = zscore_tolerance(sub, x)
+            assert z[s, r, 1, 4] == pytest.approx((x - sub.mean()) / sub.std(), abs=tol)
+            a_want = ((x - sub.mean()) / sub.std() + 2) / 5
+            assert a[s, r, 1, 4] == pytest.approx(a_want, abs=tol + 2 * U64 * abs(a_want))  # (z + 2)/5: 2 more ulps
+            assert np.all(np.diag(z[s, r]) == 0) and np.all(np.diag(a[s, r]) == 0)  # set, not computed: exact
+    assert np.array_equal(normalize_subject_rdms(rdms, "none", train), rdms)  # returned as is: exact
+    # a mean over the 6 (subject, repeat) z-scores, maybe in another order
+    tol = mean_tolerance(z.reshape(6, -1), U64)
+    assert np.allclose(training_target(rdms, "zscore", train), z.mean(axis=(0, 1)), rtol=0, atol=tol)
     with pytest.raises(UsageError, match="normalisation"):
         normalize_subject_rdms(rdms, "minmax", train)
 

@@ -12,6 +12,7 @@ from scipy.spatial.distance import cosine as scipy_cosine
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr, rankdata, spearmanr
 
+from precision import F64, U32, U64, central_difference_tolerance, correlation_distance_tolerance
 from rsabench.rsa import (
     CosineMetric,
     KendallTauAMetric,
@@ -89,21 +90,25 @@ def test_correlation_rdm_matches_pdist(shape):
 
     got64 = correlation_rdm(torch.from_numpy(x)).numpy()
     assert got64.dtype == np.float64
-    np.testing.assert_allclose(got64, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got64, ref, rtol=0, atol=F64)  # float64 both ways, <= 300 terms: precision.F64
 
+    # float32 by design: the bound of that computation on these features
+    tol = correlation_distance_tolerance(x, U32)
+    assert tol < 1e-3  # still far below what a wrong formula moves (no centring, wrong pairing: >= 1e-2)
     got32 = correlation_rdm(torch.from_numpy(x).float()).numpy()
-    np.testing.assert_allclose(got32, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got32, ref, rtol=0, atol=tol)
 
     got_np = correlation_rdm_numpy(x)
     assert got_np.dtype == np.float32
-    np.testing.assert_allclose(got_np, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got_np, ref, rtol=0, atol=tol)
 
 
 def test_correlation_rdm_scale_invariant_for_small_activations():
     """Correlation ignores scale; a ``norm + eps`` denominator would bias low-magnitude layers."""
     rng = np.random.default_rng(1)
     x = structured_features(rng, (10, 64)) * 1e-6
-    np.testing.assert_allclose(correlation_rdm(torch.from_numpy(x)).numpy(), pdist_rdm(x), rtol=0, atol=1e-12)
+    # float64, 64 terms; rounding is relative, so the scale of x does not enter: precision.F64
+    np.testing.assert_allclose(correlation_rdm(torch.from_numpy(x)).numpy(), pdist_rdm(x), rtol=0, atol=F64)
 
 
 @pytest.mark.parametrize("impl", ["torch32", "torch64", "numpy"])
@@ -119,7 +124,10 @@ def test_correlation_rdm_is_batch_independent(impl):
         return correlation_rdm(torch.from_numpy(a).to(dtype)).numpy().astype(np.float64)
 
     full, part = rdm(x), rdm(x[subset])
-    tol = 1e-12 if impl == "torch64" else 1e-6
+    # two evaluations, each within correlation_distance_tolerance of the exact RDM (40 vs 13 rows may block the
+    # Gram product differently); in float32 the Gram alone may differ by 2·gamma_p(294) ≈ 1.6e-5
+    tol = F64 if impl == "torch64" else 2 * correlation_distance_tolerance(x, U32)
+    assert tol < 1e-3  # far below what a batch-dependent normalisation (across images) moves: O(0.1)
     np.testing.assert_allclose(part, full[np.ix_(subset, subset)], rtol=0, atol=tol)
     np.testing.assert_allclose(part, sub_rdm(full, subset), rtol=0, atol=tol)
 
@@ -128,7 +136,7 @@ def test_correlation_rdm_is_batch_independent(impl):
 def test_correlation_rdm_symmetric_zero_diagonal(impl):
     x = structured_features(np.random.default_rng(3), (33, 100)).astype(np.float32)
     r = correlation_rdm_numpy(x) if impl == "numpy" else correlation_rdm(torch.from_numpy(x)).numpy()
-    assert np.array_equal(r, r.T)
+    assert np.array_equal(r, r.T)  # exact by construction: 0.5·(a + b) is commutative, the diagonal is filled
     assert np.all(np.diag(r) == 0.0)
 
 
@@ -144,20 +152,27 @@ def test_correlation_rdm_all_zero_map(impl, fill):
         r = correlation_rdm(t.requires_grad_(impl.endswith("autograd"))).detach().numpy()
     assert np.all(np.isfinite(r))
     others = np.delete(np.arange(6), 2)
-    # exactly 1 for an all-zero map; for a constant map the float32 centring residual is itself constant,
-    # hence orthogonal to every centred row: 1 to float precision
-    tol = 0.0 if fill == 0.0 else 1e-6
+    # exactly 1 for an all-zero map (a zero row: 1 - 0, halved and doubled, all exact); for a constant map the
+    # centring residual is itself constant, orthogonal to every exactly centred row: 1 up to the rounding of the
+    # others' unit rows and of the inner product, which correlation_distance_tolerance bounds
+    u = U64 if impl == "torch64" else U32
+    tol = 0.0 if fill == 0.0 else correlation_distance_tolerance(x[others], u)
     np.testing.assert_allclose(r[2, others], 1.0, rtol=0, atol=tol)
     np.testing.assert_allclose(r[others, 2], 1.0, rtol=0, atol=tol)
     assert r[2, 2] == 0.0
     # the other entries are untouched by the zero map
-    np.testing.assert_allclose(r[np.ix_(others, others)], pdist_rdm(x[others]), rtol=0, atol=2e-5)
+    tol = correlation_distance_tolerance(x[others], u)
+    assert tol < 1e-3  # far below what a zero map leaking into the others would move (O(0.1))
+    np.testing.assert_allclose(r[np.ix_(others, others)], pdist_rdm(x[others]), rtol=0, atol=tol)
 
 
 def test_correlation_rdm_inference_and_autograd_paths_agree():
     """Without autograd the CPU path runs numpy's syrk; with autograd torch's matmul: same RDM."""
     x = torch.from_numpy(structured_features(np.random.default_rng(12), (30, 2, 5, 5)))
-    for dtype, tol in [(torch.float64, 1e-13), (torch.float32, 1e-6)]:
+    # two computations (syrk vs matmul), each within correlation_distance_tolerance of the exact RDM: twice it
+    for dtype, u in [(torch.float64, U64), (torch.float32, U32)]:
+        tol = 2 * correlation_distance_tolerance(x.numpy(), u)
+        assert tol < 1e-3  # far below what a different formula on one path would move (O(0.1))
         xd = x.to(dtype)
         with torch.no_grad():
             fast = correlation_rdm(xd.clone().requires_grad_(True))
@@ -169,9 +184,21 @@ def test_correlation_rdm_inference_and_autograd_paths_agree():
     assert half.dtype == torch.bfloat16
 
 
+def centred_norms(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(len(x), -1)
+    return np.linalg.norm(x - x.mean(axis=1, keepdims=True), axis=1)
+
+
 def test_correlation_rdm_gradcheck():
     x = torch.from_numpy(structured_features(np.random.default_rng(5), (5, 2, 3, 2))).requires_grad_(True)
-    assert torch.autograd.gradcheck(correlation_rdm, (x,), eps=1e-6, atol=1e-6)
+    # torch's central differences, float64: moving x[i, k] moves the centred row c_i by v, |v| <= 1; for
+    # n(c) = c/|c|, |n'| <= 1/|c| and |n'''| <= 3/|c|^3, so each RDM entry has slope <= 1/r and f''' <= 3/r^3
+    h, xn = 1e-6, x.detach().numpy()
+    r = centred_norms(xn).min() - h
+    tol = central_difference_tolerance(h, correlation_distance_tolerance(xn, U64), 1 / r, 3 / r**3, np.abs(xn).max())
+    tol += F64  # the analytical (autograd, float64) side
+    assert tol < 1e-6  # far below a wrong gradient (a missing centring or projection term moves it by O(0.1))
+    assert torch.autograd.gradcheck(correlation_rdm, (x,), eps=h, atol=tol, rtol=0)
 
 
 def test_correlation_rdm_gradient_matches_finite_differences_of_pdist():
@@ -187,7 +214,16 @@ def test_correlation_rdm_gradient_matches_finite_differences_of_pdist():
         xp[idx] += h
         xm[idx] -= h
         num[idx] = ((pdist_rdm(xp) - pdist_rdm(xm)) * w).sum() / (2 * h)
-    np.testing.assert_allclose(xt.grad.numpy(), num, rtol=1e-5, atol=1e-7)
+    # f = sum w_ij d_ij; moving x[i, k] moves d_ij and d_ji: slope <= sum_j |w_ij + w_ji| / r_i, f''' <= 3x that / r_i^2
+    # (see test_correlation_rdm_gradcheck); each f evaluation: 16 entries within their float64 bound, 16-term sum
+    wij = np.abs(w + w.T)
+    np.fill_diagonal(wij, 0.0)
+    r = centred_norms(x) - h
+    value_error = np.abs(w).sum() * (correlation_distance_tolerance(x, U64) + 2 * U64 * 16)
+    slope, third = (wij.sum(axis=1) / r).max(), (3 * wij.sum(axis=1) / r**3).max()
+    tol = central_difference_tolerance(h, value_error, slope, third, np.abs(x).max()) + F64
+    assert tol < 1e-3 * np.abs(num).max()  # far below a wrong gradient (a missing term moves it by O(|grad|))
+    np.testing.assert_allclose(xt.grad.numpy(), num, rtol=0, atol=tol)
 
 
 def test_correlation_rdm_all_zero_map_has_finite_bounded_gradient():
@@ -198,11 +234,12 @@ def test_correlation_rdm_all_zero_map_has_finite_bounded_gradient():
     correlation_rdm(xt).sum().backward()
     g = xt.grad.numpy()
     assert np.all(np.isfinite(g))
-    np.testing.assert_array_equal(g[0], 0.0)
+    np.testing.assert_array_equal(g[0], 0.0)  # exact: the masked branch of the double `where` passes zeros
     # gradients of the live rows equal those without the dead row (its distances are constant 1)
     live = torch.from_numpy(x[1:]).requires_grad_(True)
     correlation_rdm(live).sum().backward()
-    np.testing.assert_allclose(g[1:], live.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # float64 gradients (|g| <= 2·4/|c_i| = O(1)) of the same sums, 12-term rows, computed two ways: precision.F64
+    np.testing.assert_allclose(g[1:], live.grad.numpy(), rtol=0, atol=F64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,7 +251,7 @@ def test_upper_tri_is_squareform_order_numpy_and_torch():
     sym = rng.random((3, 2, n, n))
     sym = sym + np.swapaxes(sym, -1, -2)
     sym[..., np.arange(n), np.arange(n)] = 0.0
-    vec = upper_tri(sym)
+    vec = upper_tri(sym)  # indexing only: every comparison below is exact
     assert vec.shape == (3, 2, n * (n - 1) // 2)
     for a in range(3):
         for b in range(2):
@@ -239,6 +276,7 @@ def test_upper_tri_keeps_autograd():
 
 
 def test_rank_rows_average_ties():
+    # ranks are multiples of 1/2 far below 2^53: exact in float64, so equality is exact
     x = np.array([[3.0, 1.0, 3.0, 2.0, 3.0], [0.5, 0.5, 0.1, 0.9, 0.1]])
     np.testing.assert_array_equal(rank_rows(x), [[4.0, 1.0, 4.0, 2.0, 4.0], [3.5, 3.5, 1.5, 5.0, 1.5]])
 
@@ -289,13 +327,15 @@ def test_metric_compare_matches_scipy_and_rsatoolbox_random(name, ties):
     assert got.shape == (3, 5)
     ref = np.array([[scipy_value(name, m, s) for s in subjects] for m in models])
     assert np.abs(ref).max() > 0.2  # the comparison is not trivially ~0
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got, rsatoolbox_compare(models, subjects, rt_method), rtol=0, atol=1e-12)
+    # float64, |values| <= 2, 105-term inner products (ranks exact; tau-a from counts), two ways: precision.F64
+    np.testing.assert_allclose(got, ref, rtol=0, atol=F64)
+    np.testing.assert_allclose(got, rsatoolbox_compare(models, subjects, rt_method), rtol=0, atol=F64)
     for m in range(3):
         for s in range(5):
-            assert metric.reference(models[m], subjects[s]) == pytest.approx(got[m, s], abs=1e-12)
-    # one model given as a 1-D vector
-    np.testing.assert_allclose(metric.compare(models[0], metric.prepare(subjects)), got[:1], rtol=0, atol=1e-13)
+            assert metric.reference(models[m], subjects[s]) == pytest.approx(got[m, s], abs=F64)
+    # one model given as a 1-D vector: gemv instead of gemm, another summation order; may differ by
+    # 2·(unit-row bound) + 2·gamma_p(105) ≈ 1.3e-13: precision.F64
+    np.testing.assert_allclose(metric.compare(models[0], metric.prepare(subjects)), got[:1], rtol=0, atol=F64)
 
 
 @pytest.mark.parametrize("name", list(METRICS))
@@ -309,13 +349,14 @@ def test_metric_compare_on_kriegeskorte(name, kriegeskorte_rdms, kriegeskorte_ca
     models = np.vstack([vecs[[0, 5]], animacy_model])
     got = metric.compare(models, metric.prepare(vecs))
     ref_rt = rsatoolbox_compare(models, vecs, rt_method)
-    np.testing.assert_allclose(got, ref_rt, rtol=0, atol=1e-12)
+    # float64, |values| <= 1 after normalisation, 4186-term inner products, two ways: precision.F64
+    np.testing.assert_allclose(got, ref_rt, rtol=0, atol=F64)
     # scipy / reference on a few pairs (the tau-a textbook loop is O(P^2): keep it to a handful)
     for m, s in [(0, 1), (1, 7), (2, 3)]:
-        assert scipy_value(name, models[m], vecs[s]) == pytest.approx(got[m, s], abs=1e-12)
-        assert metric.reference(models[m], vecs[s]) == pytest.approx(got[m, s], abs=1e-12)
+        assert scipy_value(name, models[m], vecs[s]) == pytest.approx(got[m, s], abs=F64)
+        assert metric.reference(models[m], vecs[s]) == pytest.approx(got[m, s], abs=F64)
     if name != "kendall-tau-a":  # tau-a of a vector with ties against itself is < 1 by definition
-        assert got[0, 0] == pytest.approx(1.0, abs=1e-12)
+        assert got[0, 0] == pytest.approx(1.0, abs=F64)  # a unit row with itself: 1 + O(gamma_p(4186))
     # known structure: human IT separates animate from inanimate (positive correlation with the model)
     assert np.all(got[2] > 0.05)
 
@@ -323,7 +364,7 @@ def test_metric_compare_on_kriegeskorte(name, kriegeskorte_rdms, kriegeskorte_ca
 def test_kendall_tau_a_constant_vector_is_zero():
     metric = KendallTauAMetric()
     y = np.random.default_rng(11).random((2, 10))
-    np.testing.assert_array_equal(metric.compare(np.ones(10), metric.prepare(y)), 0.0)
+    np.testing.assert_array_equal(metric.compare(np.ones(10), metric.prepare(y)), 0.0)  # exact: the all-tied branch
     assert metric.reference(np.ones(10), y[0]) == 0.0
 
 
@@ -339,8 +380,12 @@ def test_metric_pool_matches_rsatoolbox_pool_rdm(name, kriegeskorte_rdms):
     ours = metric.pool(vecs)
     theirs = pool_rdm(RDMs(vecs), method=rt_method).get_vectors()[0]
     if name == "spearman":
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)  # identical mean ranks
+        # identical mean ranks: sums of 8 half-integers < 2^13 and /8 are exact in float64
+        np.testing.assert_array_equal(ours, theirs)
     elif name == "pearson":
-        np.testing.assert_allclose(ours - ours.min(), theirs, rtol=0, atol=1e-9)  # rsatoolbox shifts to min 0
+        # z-scores (|z| up to ~5) of 4186 float64 terms, mean of 8, shifted to min 0: F64 per unit of magnitude
+        tol = F64 * np.abs(theirs).max()
+        np.testing.assert_allclose(ours - ours.min(), theirs, rtol=0, atol=tol)  # rsatoolbox shifts to min 0
     else:
-        np.testing.assert_allclose(ours / np.linalg.norm(ours), theirs / np.linalg.norm(theirs), rtol=0, atol=1e-12)
+        # unit vectors, float64, 4186 terms: precision.F64
+        np.testing.assert_allclose(ours / np.linalg.norm(ours), theirs / np.linalg.norm(theirs), rtol=0, atol=F64)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
+from precision import F64, U64, gamma, mean_tolerance
 from rsabench.rsa import CosineMetric, KendallTauAMetric, PearsonMetric, SpearmanMetric, upper_tri
 from rsabench.errors import CellFailure
 from rsabench.scoring import Score, TargetScorer, model_rdm_problem, paired_delta
@@ -81,12 +82,13 @@ def test_ceilings_match_rsatoolbox(name, subset, rdms):
     index = SUBSET if subset else None
     scorer = TargetScorer(rdms, cls(), index=index)
     lower, upper = rsatoolbox_ceilings(rdms, method, index)
-    assert scorer.ceiling_upper == pytest.approx(upper, abs=1e-12)
-    assert scorer.ceiling_lower == pytest.approx(lower, abs=1e-12)
+    # float64 correlations (|r| <= 1) over <= 4186 pairs, means of 8, rsatoolbox vs us: precision.F64
+    assert scorer.ceiling_upper == pytest.approx(upper, abs=F64)
+    assert scorer.ceiling_lower == pytest.approx(lower, abs=F64)
     assert scorer.ceiling_lower < scorer.ceiling_upper
     # leaving out single RDMs (sessions) instead of subjects is a different quantity: the test can tell
     lower_by_rdm, _ = rsatoolbox_ceilings(rdms, method, index, by="index")
-    assert abs(scorer.ceiling_lower - lower_by_rdm) > 1e-4
+    assert abs(scorer.ceiling_lower - lower_by_rdm) > 1e-4  # a separation, 1e8 x the F64 rounding above
 
 
 def test_spearman_ceilings_plain_reference(rdms):
@@ -104,8 +106,9 @@ def test_spearman_ceilings_plain_reference(rdms):
         ]
     )
     scorer = TargetScorer(rdms, SpearmanMetric())
-    assert scorer.ceiling_upper == pytest.approx(upper, abs=1e-12)
-    assert scorer.ceiling_lower == pytest.approx(lower, abs=1e-12)
+    # float64, 4186-term Spearman correlations (ranks exact), scipy vs us: precision.F64
+    assert scorer.ceiling_upper == pytest.approx(upper, abs=F64)
+    assert scorer.ceiling_lower == pytest.approx(lower, abs=F64)
     # published-scale sanity: Kriegeskorte hIT is noisy but clearly above 0
     assert 0.2 < scorer.ceiling_lower < scorer.ceiling_upper < 0.7
 
@@ -121,8 +124,10 @@ def test_pooled_rdm_scores_exactly_the_upper_ceiling(name, subset, rdms):
         full[np.ix_(SUBSET, SUBSET)] = pooled
         pooled = full
     score = scorer.score(pooled)
-    assert score.raw == pytest.approx(scorer.ceiling_upper, rel=1e-12)
-    assert score.normalized == pytest.approx(100.0, rel=1e-12)
+    # the same float64 operations on the same pooled vector (squareform/sub_rdm only copy), up to the order of
+    # the 4-subject mean: far within precision.F64, relative (the ceiling is 0.2..0.7)
+    assert score.raw == pytest.approx(scorer.ceiling_upper, rel=F64)
+    assert score.normalized == pytest.approx(100.0, rel=F64)
     assert score.ceiling_upper == scorer.ceiling_upper and score.ceiling_lower == scorer.ceiling_lower
 
 
@@ -134,10 +139,13 @@ def test_score_per_subject_is_mean_over_sessions_then_subjects(rdms, animacy_rdm
     model = upper_tri(animacy_rdm)
     expected = np.array([np.mean([spearmanr(model, upper_tri(rdms[s, k]))[0] for k in range(2)]) for s in range(4)])
     score = scorer.score(animacy_rdm)
-    np.testing.assert_allclose(score.per_subject, expected, rtol=0, atol=1e-12)
-    assert score.raw == pytest.approx(expected.mean(), abs=1e-12)
+    # float64, 4186-term Spearman correlations (|r| <= 1), scipy vs us: precision.F64
+    np.testing.assert_allclose(score.per_subject, expected, rtol=0, atol=F64)
+    assert score.raw == pytest.approx(expected.mean(), abs=F64)
     assert score.rho == score.raw
-    assert score.normalized == pytest.approx(100 * expected.mean() / scorer.ceiling_upper, rel=1e-12)
+    # raw is off by <= F64, the ceiling is the same number on both sides: 100·F64/ceiling
+    tol = 100 * F64 / scorer.ceiling_upper
+    assert score.normalized == pytest.approx(100 * expected.mean() / scorer.ceiling_upper, abs=tol)
     assert (score.n_subjects, score.n_images, score.metric, score.convention) == (4, 92, "spearman", "computed")
     assert Score.from_dict(score.to_dict()) == score
 
@@ -149,9 +157,11 @@ def test_score_many_matches_single_scores(rdms, animacy_rdm):
     assert len(many) == 3
     for m, s in zip(models, many):
         single = scorer.score(m)
-        assert single.raw == pytest.approx(s.raw, abs=1e-14)
-        assert (single.ci_low, single.ci_high) == pytest.approx((s.ci_low, s.ci_high), abs=1e-14)
-    np.testing.assert_allclose(scorer.raw_values(models), [s.raw for s in many], rtol=0, atol=1e-14)
+        # one model (gemv) vs three (gemm): 1035-term unit-vector inner products in another order differ by up to
+        # 2·gamma_p(1035) ≈ 5.7e-14, quantiles of means by no more: precision.F64
+        assert single.raw == pytest.approx(s.raw, abs=F64)
+        assert (single.ci_low, single.ci_high) == pytest.approx((s.ci_low, s.ci_high), abs=F64)
+    np.testing.assert_allclose(scorer.raw_values(models), [s.raw for s in many], rtol=0, atol=F64)
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +200,16 @@ CANDIDATES = dict(
 def test_pearson_nothing_scores_above_the_upper_ceiling(pearson_scorer, seed, kind, scale):
     """The pooled z-scored RDM maximises the mean Pearson r over subjects: the ceiling is an upper bound."""
     raw = pearson_scorer.raw_values(candidate_rdm(pearson_scorer, seed, kind, scale))[0]
-    assert raw <= pearson_scorer.ceiling_upper + 1e-12
+    # both sides float64 correlations over 780 pairs, each off by far less than F64: a centring error of a
+    # near-constant candidate is a constant shift, orthogonal to the centred subjects
+    assert raw <= pearson_scorer.ceiling_upper + F64
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(**CANDIDATES)
 def test_cosine_nothing_scores_above_the_upper_ceiling(cosine_scorer, seed, kind, scale):
     raw = cosine_scorer.raw_values(candidate_rdm(cosine_scorer, seed, kind, scale))[0]
-    assert raw <= cosine_scorer.ceiling_upper + 1e-12
+    assert raw <= cosine_scorer.ceiling_upper + F64  # float64 unit-vector inner products, 780 terms: precision.F64
 
 
 @pytest.mark.parametrize("metric", [SpearmanMetric(), PearsonMetric(), CosineMetric(), KendallTauAMetric()])
@@ -231,7 +243,7 @@ def test_constant_or_non_finite_rdm_has_no_score(rdms, metric, bad):
 def test_bootstrap_ci_is_seeded(rdms, animacy_rdm):
     a = TargetScorer(rdms, SpearmanMetric(), bootstrap_seed=11).score(animacy_rdm)
     b = TargetScorer(rdms, SpearmanMetric(), bootstrap_seed=11).score(animacy_rdm)
-    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)  # same seed, same operations on the same inputs: exact
 
     # with 15 subjects the resample means are nearly continuous: another seed moves the interval
     rng = np.random.default_rng(0)
@@ -263,16 +275,19 @@ def test_bootstrap_ci_brackets_raw_and_matches_exact_bootstrap(which, rdms, anim
     score = scorer.score(model)
     assert score.ci_low < score.raw < score.ci_high
     per = np.asarray(score.per_subject)
-    assert per.min() <= score.ci_low and score.ci_high <= per.max()
+    # a bootstrap mean equal in exact arithmetic to a bound may be summed in another order (resample (b, a, a, a)
+    # vs the enumerated (a, a, a, b)): it may differ by a few ulps
+    tol = mean_tolerance(per, U64)
+    assert per.min() - tol <= score.ci_low and score.ci_high <= per.max() + tol
     # 1000 seeded Monte-Carlo resamples approximate the exact 95 % percentile interval of 4^4 resamples
     q01, q05, q95, q99 = exact_bootstrap_quantiles(per, [0.01, 0.05, 0.95, 0.99])
-    assert q01 <= score.ci_low <= q05
-    assert q95 <= score.ci_high <= q99
+    assert q01 - tol <= score.ci_low <= q05 + tol
+    assert q95 - tol <= score.ci_high <= q99 + tol
 
 
 def test_paired_delta_of_a_score_with_itself_is_zero(rdms, animacy_rdm):
     score = TargetScorer(rdms, SpearmanMetric()).score(animacy_rdm)
-    assert paired_delta(score, score) == (0.0, 0.0, 0.0)
+    assert paired_delta(score, score) == (0.0, 0.0, 0.0)  # exact: x - x = 0, and means of zeros are 0
     assert paired_delta(score, score, seed=5, samples=200) == (0.0, 0.0, 0.0)
 
 
@@ -281,11 +296,14 @@ def test_paired_delta_is_paired_and_seeded(rdms, animacy_rdm):
     a = scorer.score(rdms[0, 0])
     b = scorer.score(animacy_rdm)
     delta, lo, hi = paired_delta(a, b, seed=4)
-    assert delta == pytest.approx(a.raw - b.raw, abs=1e-14)
+    # mean(a - b) vs mean(a) - mean(b), 4 float64 values |v| <= 1: <= 2·gamma(5)·(1 + 1) ≈ 2.2e-15
+    assert delta == pytest.approx(a.raw - b.raw, abs=4 * gamma(5, U64))
     assert lo < delta < hi
-    assert paired_delta(a, b, seed=4) == (delta, lo, hi)
+    assert paired_delta(a, b, seed=4) == (delta, lo, hi)  # same seed, same operations: exact
     # a constant per-subject shift has no paired uncertainty (an unpaired bootstrap would give a wide CI)
     shifted = Score.from_dict({**b.to_dict(), "per_subject": [v - 0.1 for v in b.per_subject]})
     d, lo, hi = paired_delta(b, shifted, seed=4)
-    assert d == pytest.approx(0.1, abs=1e-12)
-    assert lo == pytest.approx(0.1, abs=1e-12) and hi == pytest.approx(0.1, abs=1e-12)
+    # v - (v - 0.1) with |v| <= 1 is 0.1 to a few ulps, and so are means/quantiles of it: precision.F64 is ample,
+    # and an unpaired bootstrap would widen the interval by O(0.01)
+    assert d == pytest.approx(0.1, abs=F64)
+    assert lo == pytest.approx(0.1, abs=F64) and hi == pytest.approx(0.1, abs=F64)

@@ -12,6 +12,7 @@ from algonauts_fixture import correlation_rdms, make_release, write_mat5, write_
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr, ttest_1samp
 
+from precision import F64, U64, ttest_p_tolerance
 from rsabench.builtin import algonauts
 from rsabench.errors import DataError, UsageError
 from rsabench.submission import score_submission
@@ -54,7 +55,8 @@ def test_example_submission_matches_the_devkit(fmri, shared_data):
         ("algonauts2019", "EVC"), ("algonauts2019", "IT"), ("algonauts2019", "score"),
         ("computed", "EVC"), ("computed", "IT"), ("computed", "score"),
     ]
-    # the official devkit prints EVC 6.58 %, IT 8.22 %, score 7.41 % of the noise ceiling
+    # the official devkit prints EVC 6.58 %, IT 8.22 %, score 7.41 % of the noise ceiling; ours lie >= 3e-5 from
+    # a rounding boundary (8.224966...), far beyond their float64 error (100·F64/nc ≈ 2e-9)
     assert round(by(rows, "algonauts2019", "EVC")["normalized"], 2) == 6.58
     assert round(by(rows, "algonauts2019", "IT")["normalized"], 2) == 8.22
     assert round(by(rows, "algonauts2019", "score")["normalized"], 2) == 7.41
@@ -65,15 +67,23 @@ def test_example_submission_matches_the_devkit(fmri, shared_data):
     for target, key, nc in (("EVC", "EVC_RDMs", 0.0640), ("IT", "IT_RDMs", 0.0647)):
         r2, p, rho = devkit_fmri(model[key], fmri.target(target, "78").rdms[:, 0])
         row = by(rows, "algonauts2019", target)
-        assert row["raw"] == pytest.approx(r2, abs=1e-12) and row["p_value"] == pytest.approx(p, rel=1e-9)
-        assert row["rho"] == pytest.approx(rho, abs=1e-12) and row["ceiling_upper"] == nc
-        assert row["normalized"] == pytest.approx(100 * r2 / nc, rel=1e-12)
+        # float64 Spearman over 3003 pairs (|r| <= 1), squared, mean of 15, scipy vs us: precision.F64; so each
+        # per-subject R² is off by <= 2·F64, and the t-test p-value by ttest_p_tolerance (relative ~5e-9 here:
+        # these R² are ~0.005 with a small spread)
+        p_tol = ttest_p_tolerance(row["per_subject"], 2 * F64)
+        assert p_tol < 1e-6 * p  # far below what a wrong test (on rho, or one-sided) moves: O(p)
+        assert row["raw"] == pytest.approx(r2, abs=F64) and row["p_value"] == pytest.approx(p, abs=p_tol)
+        assert row["rho"] == pytest.approx(rho, abs=F64) and row["ceiling_upper"] == nc  # the constant: exact
+        # raw off by <= F64, nc exact: 100·F64/nc
+        assert row["normalized"] == pytest.approx(100 * r2 / nc, abs=100 * F64 / nc)
         computed = by(rows, "computed", target)
-        assert computed["raw"] == pytest.approx(rho, abs=1e-12) and computed["rho"] == computed["raw"]
+        assert computed["raw"] == pytest.approx(rho, abs=F64) and computed["rho"] == computed["raw"]
         assert computed["ceiling_lower"] < computed["ceiling_upper"]
     score = by(rows, "algonauts2019", "score")
-    assert score["raw"] == pytest.approx((by(rows, "algonauts2019", "EVC")["raw"] + by(rows, "algonauts2019", "IT")["raw"]) / 2)
-    assert score["ceiling_upper"] == pytest.approx((0.0640 + 0.0647) / 2) and score["p_value"] is None
+    # np.mean of two positive float64 numbers is (a + b) / 2: at most 2 roundings apart
+    evc_it = (by(rows, "algonauts2019", "EVC")["raw"] + by(rows, "algonauts2019", "IT")["raw"]) / 2
+    assert score["raw"] == pytest.approx(evc_it, rel=2 * U64)
+    assert score["ceiling_upper"] == pytest.approx((0.0640 + 0.0647) / 2, rel=2 * U64) and score["p_value"] is None
     assert all(r["n_subjects"] == 15 and r["n_images"] == 78 and r["split"] == "test" for r in rows)
 
 
@@ -84,11 +94,12 @@ def test_ts2_and_training_splits(fmri, shared_data):
     subjects = fmri.target("EVC", "78-ts2").rdms[:, 0]
     mean = subjects.mean(axis=0)
     nc = np.mean([spearmanr(sq(s), sq(mean))[0] ** 2 for s in subjects])  # no devkit constant for TS2
-    assert evc["group"] == "78-ts2" and evc["ceiling_upper"] == pytest.approx(nc, abs=1e-12)
+    # float64 R², 3003 pairs, two ways: precision.F64
+    assert evc["group"] == "78-ts2" and evc["ceiling_upper"] == pytest.approx(nc, abs=F64)
     assert "computed" in evc["ceiling_source"]
     layer = shared_data / "algonauts2019/model_rdms/92images_rdms/alexnet/pearson/conv1/submit_fmri.mat"
     rows = score_submission(layer, fmri, "train-92", conventions=["algonauts2019"])
-    assert by(rows, "algonauts2019", "IT")["ceiling_upper"] == 0.3075
+    assert by(rows, "algonauts2019", "IT")["ceiling_upper"] == 0.3075  # the devkit constant, copied: exact
     with pytest.raises(DataError, match=r"conv1/submit_fmri.mat: EVC_RDMs: RDM is 92x92 but group '78' .* has 78 images"):
         score_submission(layer, fmri, "test")
     with pytest.raises(UsageError, match=r"unknown split 'validation'; known: train-92, train-118, test, test2"):
@@ -120,19 +131,25 @@ def test_meg_scoring_matches_devkit_formula(tmp_path, fmt):
     for target, key, model in (("MEG-early", "MEG_RDMs_early", early), ("MEG-late", "MEG_RDMs_late", late)):
         r2, p, rho = devkit_meg(model, written["78"][key])
         row = by(rows, "algonauts2019", target)
-        assert row["raw"] == pytest.approx(r2, abs=1e-12)
-        assert row["p_value"] == pytest.approx(p, rel=1e-9)
-        assert row["rho"] == pytest.approx(rho, abs=1e-12)
-        assert row["normalized"] == pytest.approx(100 * r2 / MEG_NC_78[target], rel=1e-12)
+        # as in test_example_submission_matches_the_devkit: F64 for R² and rho, ttest_p_tolerance for the p-value,
+        # 100·F64/nc for the normalised value
+        p_tol = ttest_p_tolerance(row["per_subject"], 2 * F64)
+        assert p_tol < 1e-6 * p  # far below what a wrong test (on rho, or one-sided) moves: O(p)
+        assert row["raw"] == pytest.approx(r2, abs=F64)
+        assert row["p_value"] == pytest.approx(p, abs=p_tol)
+        assert row["rho"] == pytest.approx(rho, abs=F64)
+        assert row["normalized"] == pytest.approx(100 * r2 / MEG_NC_78[target], abs=100 * F64 / MEG_NC_78[target])
         r2s.append(r2)
         ncs.append(MEG_NC_78[target])
     assert by(rows, "algonauts2019", "MEG-early")["rho"] < -0.2  # squaring hides this; rho shows it
-    assert by(rows, "algonauts2019", "score")["normalized"] == pytest.approx(100 * np.mean(r2s) / np.mean(ncs), rel=1e-12)
+    track = by(rows, "algonauts2019", "score")["normalized"]
+    assert track == pytest.approx(100 * np.mean(r2s) / np.mean(ncs), abs=100 * F64 / np.mean(ncs))
     # averaging sessions *before* squaring differs from averaging the squares: the test would catch it
     wrong = np.mean(np.square([[spearmanr(sq(r), sq(early))[0] for r in s] for s in written["78"]["MEG_RDMs_early"]]))
-    assert abs(wrong - by(rows, "algonauts2019", "MEG-early")["raw"]) > 1e-6
-    # computed convention: mean over subjects of the session-mean rho
-    assert by(rows, "computed", "MEG-late")["raw"] == pytest.approx(devkit_meg(late, written["78"]["MEG_RDMs_late"])[2], abs=1e-12)
+    assert abs(wrong - by(rows, "algonauts2019", "MEG-early")["raw"]) > 1e-6  # a separation: 1e6 x F64
+    # computed convention: mean over subjects of the session-mean rho (float64, two ways: precision.F64)
+    want = devkit_meg(late, written["78"]["MEG_RDMs_late"])[2]
+    assert by(rows, "computed", "MEG-late")["raw"] == pytest.approx(want, abs=F64)
 
 
 def test_meg_non_official_size_uses_ceiling_from_data(tmp_path):
@@ -145,7 +162,7 @@ def test_meg_non_official_size_uses_ceiling_from_data(tmp_path):
     row = by(score_submission(sub, ds, "train-92", ["algonauts2019"]), "algonauts2019", "MEG-late")
     mean = meg.mean(axis=(0, 1))  # 20 images, not the official 92: the devkit constant does not apply
     nc = np.mean(np.square([np.mean([spearmanr(sq(r), sq(mean))[0] for r in s]) for s in meg]))
-    assert row["ceiling_upper"] == pytest.approx(nc, abs=1e-12)
+    assert row["ceiling_upper"] == pytest.approx(nc, abs=F64)  # float64 R², 190 pairs, two ways: precision.F64
 
 
 # -- bad submissions ---------------------------------------------------------------------------------
@@ -192,6 +209,7 @@ def test_diagonal_is_ignored_like_the_devkit(tmp_path, small):
     with_diag = model + np.eye(10)
     a = score_submission(write_mat5(tmp_path / "a.mat", {"EVC_RDMs": model, "IT_RDMs": model}), small, "test")
     b = score_submission(write_mat5(tmp_path / "b.mat", {"EVC_RDMs": with_diag, "IT_RDMs": with_diag}), small, "test")
+    # the diagonal is dropped before any arithmetic: the same operations on the same numbers, exact
     assert [r["raw"] for r in a] == [r["raw"] for r in b]
 
 
@@ -217,9 +235,10 @@ def test_kriegeskorte_bare_npy_and_key(tmp_path):
     rows = score_submission(npy, "kriegeskorte2008")
     assert [(r["convention"], r["target"]) for r in rows] == [("computed", "hIT"), ("computed", "score")]
     expected = np.mean([np.mean([spearmanr(sq(r), sq(model))[0] for r in s]) for s in hit])
-    assert rows[0]["raw"] == pytest.approx(expected, abs=1e-12) and rows[1]["raw"] == rows[0]["raw"]
+    # float64 Spearman, 4186 pairs, two ways: precision.F64; a one-target track is that target's value: exact
+    assert rows[0]["raw"] == pytest.approx(expected, abs=F64) and rows[1]["raw"] == rows[0]["raw"]
     keyed = write_mat5(tmp_path / "k.mat", {"hIT_RDMs": model})
-    assert score_submission(keyed, ds, "92")[0]["raw"] == rows[0]["raw"]
+    assert score_submission(keyed, ds, "92")[0]["raw"] == rows[0]["raw"]  # same numbers, same operations: exact
     with pytest.raises(UsageError, match="applies to the Algonauts 2019 datasets"):
         score_submission(keyed, ds, None, ["algonauts2019"])
     with pytest.raises(DataError, match="k.mat: missing key 'hIT_RDMs'"):
