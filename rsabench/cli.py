@@ -231,6 +231,49 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
     _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells], warn=_warn), fmt)
 
 
+@cli.command("run-cell", hidden=True)
+@click.argument("config_file", metavar="CONFIG.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="where the record is written")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)")
+@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="where the cell runs (default: the record's runtime, else auto)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="feature-extraction batch size (default: the record's runtime, else 32)")
+@click.option("--force", is_flag=True, help="run even if the runs dir already has this cell's record")
+def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, device: str | None, batch_size: int | None, force: bool) -> None:
+    """Run one cell from its resolved config (a record, or the config alone) and write its record.
+
+    The unit an executor ships to a worker: everything the cell's numbers depend on is in the config.
+    How it runs (device, extraction batch size) comes from the options, else from the record's manifest.
+    """
+    from .cell import Runtime, describe, execute
+    from .records import InvalidRecord, config_hash, parse_strict_json, record_path, validate_config
+    from .runner import check_writable
+    from .workspace import Workspace
+
+    try:
+        doc = parse_strict_json(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{config_file}: cannot read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'})") from None
+    except ValueError as exc:
+        raise UsageError(f"{config_file}: not valid JSON ({exc})") from None
+    is_record = isinstance(doc, dict) and "schema" in doc
+    config = doc.get("config") if is_record else doc
+    try:
+        validate_config(config)
+    except InvalidRecord as exc:
+        raise UsageError(f"{config_file}: not a cell config or record: {exc}") from None
+    recorded = doc.get("manifest", {}).get("runtime", {}) if is_record and isinstance(doc.get("manifest"), dict) else {}
+    runtime = Runtime.from_dict(recorded if isinstance(recorded, dict) else {})
+    runtime = Runtime(device=device or runtime.device, batch_size=batch_size or runtime.batch_size, channels_last=runtime.channels_last)
+    if runtime.device not in ("auto", "cpu") and not runtime.device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {runtime.device!r}")
+    path = record_path(runs_dir, config, config_hash(config))
+    check_writable(path.parent, "--runs-dir")
+    workspace = Workspace(_plugins(), data_dir, RichReporter())
+    record = execute(config, path, workspace, runtime, force=force)
+    sel = record["selection"]
+    _console(stderr=True).print(f"[green]✓[/] {describe(config)}: layer {sel['layer']}, epoch {sel['epoch']} → {path}")
+
+
 @cli.command()
 @run_options
 def plan(**kw: Any) -> None:

@@ -143,6 +143,36 @@ def validate_record(doc: Any) -> dict[str, Any]:
     return doc
 
 
+DICT_OR_NULL = (dict, type(None))
+STR_OR_NULL = (str, type(None))
+RUNNABLE_CONFIG_KEYS = {
+    **CONFIG_KEYS, "dataset_version": str, "dataset_options": dict, "data_checksums": dict, "weights_sha256": STR_OR_NULL,
+    "objective_options": dict, "trains": bool, "layers": list, "loss_layer": STR_OR_NULL, "train": DICT_OR_NULL,
+    "target_normalization": STR_OR_NULL, "conventions": list, "split": dict, "bootstrap": dict, "code": dict,
+}
+
+
+def validate_config(doc: Any) -> dict[str, Any]:
+    """``doc`` if it is a complete resolved cell config (everything :func:`rsabench.cell.run_cell` reads);
+    else InvalidRecord naming the first missing or mistyped key."""
+    _require(doc, RUNNABLE_CONFIG_KEYS, "config")
+    _require(doc["split"], {"seed": int, "val_fraction": NUMBER, "test_fraction": NUMBER_OR_NULL}, "config.split")
+    _require(doc["bootstrap"], {"seed": int, "samples": int}, "config.bootstrap")
+    _require(doc["code"], {"rsabench": str, "plugins": dict}, "config.code")
+    if doc["trains"] != (doc["train"] is not None):
+        raise InvalidRecord("config.train must be an object exactly when config.trains is true")
+    return doc
+
+
+def parse_strict_json(text: str) -> Any:
+    """JSON without the NaN / Infinity tokens that strict parsers reject; ValueError otherwise."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def load_record(path: Path) -> dict[str, Any]:
     """The validated record in ``path``; InvalidRecord (naming what is wrong) otherwise."""
     try:
@@ -150,7 +180,7 @@ def load_record(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRecord(f"unreadable ({type(exc).__name__}: {exc})") from None
     try:
-        doc = json.loads(text)
+        doc = parse_strict_json(text)
     except ValueError:
         raise InvalidRecord("not valid JSON (truncated?)") from None
     return validate_record(doc)

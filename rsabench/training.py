@@ -1,4 +1,4 @@
-"""Feature extraction and the batch-RDM trainer (DESIGN §5).
+"""The batch-RDM trainer (feature extraction lives in ``features.py``).
 
 One forward pass per unique image: a batch of B images from one group yields all B(B-1)/2 pairs.
 
@@ -22,54 +22,15 @@ import numpy as np
 import torch
 
 from .backbone import LayerTaps, set_bn_mode, trainable_parameters
+from .features import to_device
 from .errors import CellFailure, UsageError
 from .objective import Objective
 from .records import atomic_open
-from .rsa import rdm_from_unit_rows, unit_features
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("off", "bf16", "fp16")
 CHECKPOINT_FORMAT = "rsabench.checkpoint/1"
-
-
-@torch.no_grad()
-def extract_rdms(
-    model: torch.nn.Module,
-    layers: list[str],
-    images: torch.Tensor,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    advance: Callable[[int], None] | None = None,
-    channels_last: bool = False,
-) -> np.ndarray:
-    """Correlation-distance RDMs ``(layers, n, n)`` of ``images``, features normalised per batch.
-
-    Per image: flatten, centre across features, L2-normalise; then one float32 Gram matrix per layer.
-    Always full precision (``--amp`` applies to training steps only). Non-finite features are a
-    :class:`~rsabench.errors.CellFailure` naming the layer, never an RDM.
-    """
-    taps = LayerTaps(model, layers)
-    units: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for start in range(0, len(images), batch_size):
-        x = _to_device(images[start : start + batch_size], device, channels_last)
-        for layer, out in taps(x).items():
-            out = out.float()
-            if not bool(torch.isfinite(out).all()):
-                raise CellFailure(f"layer {layer} produced non-finite features (NaN or inf): the network's weights are broken or diverged")
-            units[layer].append(unit_features(out).cpu())
-        if advance:
-            advance(len(x))
-    rdms = np.empty((len(layers), len(images), len(images)), dtype=np.float32)
-    for k, layer in enumerate(layers):
-        rdms[k] = rdm_from_unit_rows(torch.cat(units[layer]).numpy())
-        units[layer].clear()
-    return rdms
-
-
-def _to_device(x: torch.Tensor, device: str | torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 # -- settings -----------------------------------------------------------------------------------------
@@ -497,7 +458,7 @@ def train(
         bn_train_mode(model, settings.adapt_bn)
         losses, norms = [], []
         for group, idx in epoch_batches(train_index, settings.batch_size, generator):
-            x = _to_device(images[group][idx], device, channels_last)
+            x = to_device(images[group][idx], device, channels_last)
             t = targets[group][idx][:, idx].to(device)
             if amp_dtype is None:
                 features = taps(x)[loss_layer]

@@ -23,7 +23,8 @@ from precision import F64, U32, U64, correlation_distance_tolerance
 from rsabench.backbone import LayerTaps, prepare_for_taps
 from rsabench.builtin.basic_objectives import Dissim
 from rsabench.objective import Objective
-from rsabench.training import TrainSettings, epoch_batches, extract_rdms, train
+from rsabench.features import extract_rdms
+from rsabench.training import TrainSettings, epoch_batches, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

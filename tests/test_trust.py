@@ -228,7 +228,7 @@ def test_diverging_training_is_a_failure_not_a_score(capsys, tmp_path):
 def test_non_finite_features_name_the_layer():
     import torch
 
-    from rsabench.training import extract_rdms
+    from rsabench.features import extract_rdms
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     with torch.no_grad():

@@ -1,0 +1,142 @@
+"""A cell is a pure function of its resolved config: ``rsabench run-cell`` in a fresh process reproduces a
+record that ``rsabench run`` wrote, and refuses a config whose inputs changed or that is not a config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsabench.cli import main
+from rsabench.plugins import get_plugins
+from rsabench.records import iter_records, load_record
+
+FAST = ["--weights", "random", "--image-size", "32", "--epochs", "1", "--layer", "features.1", "--layer", "features.4"]
+
+
+def rsabench(*args: str, env_dir: Path) -> subprocess.CompletedProcess:
+    """The CLI in a new interpreter (nothing cached in this process can leak into it)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(env_dir), "RSABENCH_CACHE": str(env_dir / "cache")}
+    return subprocess.run([sys.executable, "-m", "rsabench", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "timings"}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[Path, list[tuple[Path, dict]]]:
+    runs = tmp_path_factory.mktemp("runs")
+    try:
+        main(["run", "--dataset", "kriegeskorte2008", "--backbone", "alexnet", "--objective", "frozen",
+              "--objective", "dissim", "--objective-option", "space=fisher-z", "--objective-option", "normalization=none",
+              "--split-seed", "3", "--bootstrap-seed", "5", "--seed", "7", "--batch-size", "16", "--runs-dir", str(runs), *FAST])
+    except SystemExit as exc:
+        assert not exc.code
+    records = list(iter_records(runs))
+    assert sorted(r["config"]["objective"] for _, r in records) == ["dissim", "frozen"]
+    return runs, records
+
+
+def test_run_cell_reproduces_each_record_in_a_new_process(recorded, tmp_path):
+    _, records = recorded
+    for path, record in records:
+        out = tmp_path / record["config"]["objective"]
+        done = rsabench("run-cell", str(path), "--runs-dir", str(out), env_dir=tmp_path)
+        assert done.returncode == 0, done.stderr
+        [(_, again)] = list(iter_records(out))
+        # Exactly equal, not approximately: same config, same runtime (device, batch size) from the manifest,
+        # same machine, deterministic kernels; every number is the same sequence of float operations.
+        assert without_timings(again) == without_timings(record)
+        assert again["manifest"]["runtime"]["batch_size"] == 16
+
+
+def test_run_cell_takes_a_bare_config(recorded, tmp_path):
+    _, records = recorded
+    path, record = next((p, r) for p, r in records if r["config"]["objective"] == "frozen")
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(record["config"]))
+    done = rsabench("run-cell", str(config_file), "--batch-size", "16", "--runs-dir", str(tmp_path / "out"), env_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [(_, again)] = list(iter_records(tmp_path / "out"))
+    assert again["scores"] == record["scores"] and again["cell"] == record["cell"]
+
+
+def test_the_record_runtime_is_what_is_not_hashed(recorded):
+    _, records = recorded
+    for _, record in records:
+        assert set(record["manifest"]["runtime"]) == {"device", "batch_size", "channels_last", "keep_checkpoints"}
+        assert "batch_size" not in record["config"] or record["config"]["train"]["batch_size"] == 16
+        assert record["config"]["split"]["seed"] == 3 and record["config"]["bootstrap"]["seed"] == 5
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["data_checksums"].update({"rdms": "0" * 64}), "rdms differs from what this cell's config was resolved with"),
+        (lambda c: c.update(weights_sha256="0" * 64), "a digest goes with a weights file only"),
+        (lambda c: c.pop("split"), "config lacks 'split'"),
+        (lambda c: c["split"].update(seed="3"), "config.split.seed has the wrong type"),
+        (lambda c: c.update(trains=True), "config.train must be an object exactly when config.trains is true"),
+        (lambda c: c["code"].update(rsabench="0.0.0"), "this cell's config was resolved with code"),
+    ],
+)
+def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsys, edit, message):
+    _, records = recorded
+    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == "frozen")))
+    edit(record["config"])
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(record["config"]))
+    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not list((tmp_path / "out").rglob("*.json")) if (tmp_path / "out").exists() else True
+
+
+def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):
+    import torch
+
+    _, records = recorded
+    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == "frozen")))
+    built = get_plugins().backbones.get("alexnet")().build(weights="random", seed=0)
+    weights = tmp_path / "w.pt"
+    torch.save(built.model.state_dict(), weights)
+    record["config"].update(weights=str(weights), weights_sha256="0" * 64)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(record["config"]))
+    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    assert code == 2 and "the file's sha256 differs from the cell config's weights_sha256" in err, err
+
+
+@pytest.mark.parametrize("text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config is not an object")])
+def test_run_cell_refuses_what_is_not_a_config(tmp_path, capsys, text, message):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(text)
+    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    assert code == 2 and message in err and str(config_file) in err, err
+
+
+def test_every_objective_rebuilds_from_its_recorded_options():
+    """``objective_options`` in a config are enough to rebuild the objective a cell trained."""
+    plugins = get_plugins()
+    for name in plugins.objectives.entries:
+        factory = plugins.objectives.get(name)
+        options = factory().options()
+        rebuilt = factory(**options)
+        assert rebuilt.options() == options and json.loads(json.dumps(options)) == options, name
+
+
+def test_a_recorded_record_is_a_valid_record(recorded):
+    for path, _ in recorded[1]:
+        load_record(path)

@@ -1,0 +1,49 @@
+"""Bounded-memory feature extraction: spilling unit rows to disk changes no RDM."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rsabench.features import UnitRowStore, extract_rdms
+from rsabench.rsa import rdm_from_unit_rows, unit_features
+
+
+def small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3), torch.nn.ReLU()).eval()
+
+
+def test_spilled_rdms_equal_in_memory_rdms_exactly():
+    model, images = small_net(), torch.randn(11, 3, 12, 12)
+    layers = ["1", "3"]
+    in_memory = extract_rdms(model, layers, images, batch_size=4)
+    spilled = extract_rdms(model, layers, images, batch_size=4, budget_bytes=0)
+    # Exact: the same float32 rows, in the same order, go through the same Gram product.
+    np.testing.assert_array_equal(spilled, in_memory)
+
+
+def test_rdms_equal_the_unbatched_reference():
+    model, images = small_net(), torch.randn(7, 3, 12, 12)
+    with torch.no_grad():
+        ref = rdm_from_unit_rows(unit_features(model(images)).numpy())
+    got = extract_rdms(model, ["3"], images, batch_size=3, budget_bytes=1)[0]
+    # float32 throughout: features of one image may differ in their last ulps between batch sizes (another
+    # conv algorithm), and a distance is 1 - a 320-term dot product (5 channels x 8 x 8) of unit rows, whose
+    # rounding error is bounded by n_terms * eps for unit vectors; 320 * eps covers both.
+    np.testing.assert_allclose(got, ref, rtol=0, atol=320 * np.finfo(np.float32).eps)
+
+
+def test_the_store_spills_once_past_its_budget_and_cleans_up():
+    with UnitRowStore(["a", "b"], budget_bytes=100) as store:
+        store.add("a", np.ones((2, 5)))  # 40 bytes
+        store.add("b", np.ones((2, 5)))  # 80
+        assert not store.spilled
+        store.add("a", np.zeros((2, 5)))  # 120 > 100: everything moves to disk
+        assert store.spilled
+        spill = store._spill.name
+        np.testing.assert_array_equal(store.take("a"), np.r_[np.ones((2, 5)), np.zeros((2, 5))])
+        np.testing.assert_array_equal(store.take("b"), np.ones((2, 5)))
+    import os
+
+    assert not os.path.exists(spill)
