@@ -10,6 +10,7 @@ clean-up; ``rsabench run`` and ``rsabench run-cell`` both go through it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from . import __version__
 from .dataset import Dataset
 from .errors import CellFailure, UsageError
+from .feature_cache import FeatureCache, code_versions, entry_key, state_digest
 from .protocol import VALIDATION_CONVENTION, make_scorer, split_images, test_sets
 from .records import SCHEMA, cell_lock, config_hash, manifest, read_record, write_atomic
 from .scoring import TargetScorer, model_rdm_problem
@@ -82,15 +84,45 @@ class Prepared:
     groups: list[str]
     images: dict[str, Any]
     val_scorers: dict[str, TargetScorer]
+    cache: FeatureCache | None = None
+    as_built: bool = True  # the network is in its state as built: its RDMs may come from the feature cache
     timings: dict[str, float] = field(default_factory=dict)
+    cache_stats: dict[str, Any] | None = None  # image-set lookups of this cell in the feature cache
+    _network_parts: dict[str, Any] | None = None
 
     def rdms(self, group: str, idx: np.ndarray, stage: str) -> np.ndarray:
         """Per-layer model RDMs of ``group``'s images ``idx`` under the model's current state."""
         from .features import extract_rdms
 
+        use_cache = self.cache is not None and self.as_built
+        if use_cache:
+            parts = self.cache_parts(group, idx)
+            keys = [entry_key(parts, layer) for layer in self.layers]
+            hit = self.cache.get(keys, len(idx))
+            if hit is not None:
+                return hit
         imgs = self.workspace.images(self.dataset, group, self.config["image_size"], self.built.mean, self.built.std)[idx]
         with self.workspace.reporter.stage(stage, len(idx)) as advance:
-            return extract_rdms(self.built.model, self.layers, imgs, self.runtime.batch_size, self.device, advance, self.channels_last)
+            rdms = extract_rdms(self.built.model, self.layers, imgs, self.runtime.batch_size, self.device, advance, self.channels_last)
+        if use_cache:
+            description = {"dataset": self.dataset.name, "group": group, "n": len(idx), "backbone": self.config["backbone"],
+                           "image_size": self.config["image_size"], "weights": self.config["weights"]}
+            self.cache.put(keys, rdms, description)
+        return rdms
+
+    def cache_parts(self, group: str, idx: np.ndarray) -> dict[str, Any]:
+        """What an as-built RDM of ``group``'s images ``idx`` depends on (see :mod:`rsabench.feature_cache`)."""
+        if self._network_parts is None:
+            c, ds = self.config, self.dataset
+            self._network_parts = {
+                "network": state_digest(self.built.model), "backbone": c["backbone"], "backbone_info": self.built.info,
+                "preprocessing": {"size": c["image_size"], "mean": list(self.built.mean), "std": list(self.built.std)},
+                "dataset": {"name": ds.name, "version": ds.version, "options": c["dataset_options"], "data_checksums": c["data_checksums"]},
+                "dtype": "float32", "code": code_versions(),
+                "runtime": {"device": self.device.split(":")[0], "batch_size": self.runtime.batch_size, "channels_last": self.channels_last},
+            }
+        images = hashlib.sha256(np.asarray(idx, dtype="<i8").tobytes()).hexdigest()
+        return {**self._network_parts, "group": group, "images": images, "n": len(idx)}
 
 
 def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> None:
@@ -127,7 +159,7 @@ def seed_everything(seed: int, device: str) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def prepare(config: dict[str, Any], workspace: Workspace, runtime: Runtime) -> Prepared:
+def prepare(config: dict[str, Any], workspace: Workspace, runtime: Runtime, cache: FeatureCache | None = None) -> Prepared:
     """Dataset, inputs checked, network built and seeded, image splits, images and validation scorers."""
     import torch
 
@@ -159,10 +191,12 @@ def prepare(config: dict[str, Any], workspace: Workspace, runtime: Runtime) -> P
     images = {g: workspace.images(ds, g, config["image_size"], built.mean, built.std) for g in groups}
     boot = config["bootstrap"]["seed"]
     val_scorers = {g: make_scorer(VALIDATION_CONVENTION, ds, config["target"], g, metric, splits[g]["validation"], boot) for g in groups}
-    return Prepared(
-        config, config_hash(config), workspace, runtime, device, channels_last, ds, metric, objective, built, layers,
-        splits, groups, images, val_scorers, timings={"setup_s": time.perf_counter() - t_start},
-    )
+    p = Prepared(config, config_hash(config), workspace, runtime, device, channels_last, ds, metric, objective, built, layers,
+                 splits, groups, images, val_scorers, cache=cache)
+    if cache is not None:
+        p.cache_parts(groups[0], splits[groups[0]]["validation"])  # digest the network now, while it is as built
+    p.timings["setup_s"] = time.perf_counter() - t_start
+    return p
 
 
 # -- select ---------------------------------------------------------------------------------------
@@ -217,6 +251,7 @@ class Selection:
     chosen: dict[str, Any]
     training: dict[str, Any] | None = None
     final_rdms: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    best_is_final: bool = False  # the selected state is the final one: its test RDMs are ``final_rdms``
 
 
 def criterion(config: dict[str, Any]) -> str:
@@ -255,11 +290,14 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
         checkpoint = Checkpointer(checkpoint_dir, p.cell, get_extra=validate.state, set_extra=validate.restore,
                                   note=p.workspace.reporter.note, keep=p.runtime.keep_checkpoints)
     n_train = sum(len(i) for i in train_index.values())
+    validate(0)  # epoch 0 while the network is as built (from the cache where it has it); train() reuses the value
+    p.as_built = False
     with p.workspace.reporter.stage(f"training {config['objective']} on {loss_layer}", n_train * settings.epochs) as advance:
         result = train(p.built.model, loss_layer, p.objective, p.images, train_index, targets, settings, config["seed"], validate,
                        p.device, advance, checkpoint=checkpoint, channels_last=p.channels_last)
     final = {(name, g): p.rdms(g, idx, f"test features {g}") for name, g, idx in test_sets(ds, splits)}  # selection-free numbers
     p.built.model.load_state_dict(result.best_state)
+    p.as_built = result.best_epoch == 0
     chosen = {"criterion": criterion(config), "epoch": result.best_epoch, "layer": validate.best_layer_at[result.best_epoch],
               "validation": result.best_value, "loss_layer": loss_layer}
     training = {
@@ -268,7 +306,7 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
         "bn_layers_adapted": result.bn_layers_adapted, "channels_last": p.channels_last, "target_normalization": norm,
         "checkpoint": f"{checkpoint_dir.name}/best.pt" if checkpoint_dir is not None and p.runtime.keep_checkpoints else None,
     }
-    return Selection(chosen, training, final)
+    return Selection(chosen, training, final, best_is_final=result.best_epoch == result.epochs_run)
 
 
 # -- score the test sets --------------------------------------------------------------------------
@@ -283,8 +321,11 @@ def score_tests(p: Prepared, selection: Selection) -> tuple[list[dict[str, Any]]
     for name, g, idx in test_sets(p.dataset, p.splits):
         if p.dataset.target(p.config["target"], g) is None:
             continue
-        rdms = p.rdms(g, idx, f"test features {g}")
-        final = selection.final_rdms.get((name, g), rdms)
+        if selection.best_is_final:
+            rdms = final = selection.final_rdms[(name, g)]
+        else:
+            rdms = p.rdms(g, idx, f"test features {g}")
+            final = selection.final_rdms.get((name, g), rdms)
         problem = model_rdm_problem(rdms[k_chosen])
         if problem:
             raise CellFailure(f"the selected layer {chosen['layer']} (epoch {chosen['epoch']}): its {name} RDM on group {g} {problem}")
@@ -308,7 +349,8 @@ def build_record(p: Prepared, selection: Selection, scores: list[dict[str, Any]]
     config = p.config
     seeds = {"cell": config["seed"], "split": config["split"]["seed"], "bootstrap": config["bootstrap"]["seed"]}
     extra = {"weights_digest": p.built.weights_digest, "backbone_info": p.built.info, "seeds": seeds,
-             "data_checksums": p.workspace.data_checksums(p.dataset), "runtime": p.runtime.to_dict()}
+             "data_checksums": p.workspace.data_checksums(p.dataset), "runtime": p.runtime.to_dict(),
+             "feature_cache": p.cache_stats}
     return {
         "schema": SCHEMA,
         "cell": p.cell,
@@ -330,19 +372,23 @@ def run_cell(
     data_dir: str | Path | None = None,
     runtime: Runtime = Runtime(),
     checkpoint_dir: Path | None = None,
+    cache: FeatureCache | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or not) and score the cell ``config``; returns its record (not written).
 
     ``workspace`` shares loaded datasets and images between cells (default: a new one on the installed
     plugins and ``data_dir``). With ``checkpoint_dir``, training is checkpointed there after every epoch
-    and resumes from it.
+    and resumes from it. ``cache`` (default: the workspace's, if any) serves and keeps the RDMs of the
+    network as built.
     """
     if workspace is None:
         from .plugins import get_plugins
 
         workspace = Workspace(get_plugins(), data_dir)
     t_start = time.perf_counter()
-    p = prepare(config, workspace, runtime)
+    cache = cache if cache is not None else workspace.feature_cache
+    counts = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    p = prepare(config, workspace, runtime, cache)
     validate = Validator(p)
     t0 = time.perf_counter()
     selection = select_trained(p, validate, checkpoint_dir) if config["trains"] else select_frozen(p, validate)
@@ -351,6 +397,8 @@ def run_cell(
     scores, per_layer = score_tests(p, selection)
     p.timings["test_s"] = time.perf_counter() - t0
     p.timings["total_s"] = time.perf_counter() - t_start
+    if cache is not None:
+        p.cache_stats = {"dir": str(cache.root), "hits": cache.hits - counts[0], "misses": cache.misses - counts[1]}
     return build_record(p, selection, scores, per_layer, validate)
 
 

@@ -102,6 +102,8 @@ def run_options(func: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="where cells run (auto: CUDA when available)"),
         click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="where cell records and checkpoints are written (and found again)"),
         click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)"),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="feature cache of networks as built (default: $RSABENCH_CACHE/features, else the user cache dir)"),
+        click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache"),
         click.option("--executor", default="local", show_default=True, help="where cells run (see `rsabench list executors`)"),
         click.option("--dataset-option", "dataset_options", multiple=True, callback=_key_value, metavar="[DATASET.]KEY=VALUE", help="dataset option (repeatable); KEY alone goes to every dataset of the run that takes it"),
         click.option("--objective-option", "objective_options", multiple=True, callback=_key_value, metavar="[OBJECTIVE.]KEY=VALUE", help="objective option (repeatable); KEY alone goes to every objective of the run that takes it"),
@@ -124,7 +126,8 @@ def _session(kw: dict[str, Any]):
         dataset_options=kw["dataset_options"], objective_options=kw["objective_options"],
         lr_schedule=kw["lr_schedule"], warmup_epochs=kw["warmup_epochs"], lr_step=kw["lr_step"], lr_gamma=kw["lr_gamma"],
         grad_clip=kw["grad_clip"], amp=kw["amp"], channels_last=kw["channels_last"], adapt_bn=kw["adapt_bn"],
-        keep_checkpoints=kw["keep_checkpoints"],
+        keep_checkpoints=kw["keep_checkpoints"], cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
+        feature_cache=not kw["no_cache"],
     )
     plugins = _plugins()
     return Session(plugins, options, reporter=RichReporter())
@@ -237,14 +240,18 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)")
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="where the cell runs (default: the record's runtime, else auto)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="feature-extraction batch size (default: the record's runtime, else 32)")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)")
+@click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache")
 @click.option("--force", is_flag=True, help="run even if the runs dir already has this cell's record")
-def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, device: str | None, batch_size: int | None, force: bool) -> None:
+def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, device: str | None, batch_size: int | None,
+                 cache_dir: Path | None, no_cache: bool, force: bool) -> None:
     """Run one cell from its resolved config (a record, or the config alone) and write its record.
 
     The unit an executor ships to a worker: everything the cell's numbers depend on is in the config.
     How it runs (device, extraction batch size) comes from the options, else from the record's manifest.
     """
     from .cell import Runtime, describe, execute
+    from .feature_cache import FeatureCache
     from .records import InvalidRecord, config_hash, parse_strict_json, record_path, validate_config
     from .runner import check_writable
     from .workspace import Workspace
@@ -268,10 +275,53 @@ def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, devic
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got {runtime.device!r}")
     path = record_path(runs_dir, config, config_hash(config))
     check_writable(path.parent, "--runs-dir")
-    workspace = Workspace(_plugins(), data_dir, RichReporter())
+    reporter = RichReporter()
+    cache = None if no_cache else FeatureCache(cache_dir, note=reporter.note)
+    workspace = Workspace(_plugins(), data_dir, reporter, cache)
     record = execute(config, path, workspace, runtime, force=force)
     sel = record["selection"]
     _console(stderr=True).print(f"[green]✓[/] {describe(config)}: layer {sel['layer']}, epoch {sel['epoch']} → {path}")
+
+
+@cli.group()
+def cache() -> None:
+    """The feature cache: per-layer RDMs of networks as built, shared by the cells that need them."""
+
+
+CACHE_DIR_OPTION = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                                help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)")
+
+
+@cache.command("info")
+@CACHE_DIR_OPTION
+def cache_info(cache_dir: Path | None) -> None:
+    """Where the feature cache is, how many entries it holds and their size."""
+    from .feature_cache import FeatureCache
+
+    entries = FeatureCache(cache_dir).entries()
+    size = sum(p.stat().st_size for p in entries)
+    click.echo(f"feature cache: {FeatureCache(cache_dir).root}\nentries: {len(entries)} layer RDM(s), {_size(size)}")
+
+
+@cache.command("clear")
+@CACHE_DIR_OPTION
+def cache_clear(cache_dir: Path | None) -> None:
+    """Remove every entry of the feature cache (they are recomputed when next needed)."""
+    from .feature_cache import FeatureCache
+
+    store = FeatureCache(cache_dir)
+    try:
+        removed, size = store.clear()
+    except OSError as exc:
+        raise UsageError(f"--cache-dir {store.root}: cannot clear ({exc.strerror})") from None
+    click.echo(f"removed {removed} file(s), {_size(size)} from {store.root}")
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
 
 
 @cli.command()

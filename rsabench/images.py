@@ -8,6 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+PREPROCESS = "uint8 HWC -> /255 -> resize bilinear antialias (align_corners=False) -> (x - mean) / std, float32; v1"
+"""What :func:`preprocess` does, in words: part of every feature-cache key (change it when the pixels would change)."""
+
 
 def preprocess(images: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Resize (bilinear, antialiased) to ``size``×``size``, scale to [0, 1] and normalise per channel."""

@@ -17,6 +17,7 @@ from . import __version__
 from .cell import Runtime, describe, execute, resolve_device
 from .dataset import Dataset
 from .errors import UsageError
+from .feature_cache import FeatureCache
 from .options import route_options
 from .plugins import Plugins
 from .records import config_hash, read_record, record_path
@@ -60,6 +61,8 @@ class RunOptions:
     adapt_bn: bool = False
     channels_last: bool | None = None  # None: on with CUDA, off on CPU; a memory layout, not in the config
     keep_checkpoints: bool = False  # keep <record>.ckpt/best.pt after the record is written; not in the config
+    cache_dir: str | None = None  # feature cache (None: <cache dir>/features); not in the config
+    feature_cache: bool = True  # serve and keep RDMs of networks as built; not in the config
 
     def train_settings(self) -> Any:
         """The training hyper-parameters (:class:`rsabench.training.TrainSettings`) of these options."""
@@ -118,6 +121,8 @@ class Session(Workspace):
 
     def __init__(self, plugins: Plugins, options: RunOptions, reporter: Reporter | None = None, force: bool = False) -> None:
         super().__init__(plugins, options.data_dir, reporter)
+        if options.feature_cache:
+            self.feature_cache = FeatureCache(Path(options.cache_dir) if options.cache_dir else None, note=self.reporter.note)
         self.options = options
         self.force = force  # re-run cells that already have a record
         self.dataset_options: dict[str, dict[str, str]] = {}

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Mapping
 
 from .dataset import Dataset, data_dir as resolve_data_dir
 from .errors import PluginError, UsageError
+from .feature_cache import FeatureCache
 from .plugins import Plugins
 
 
@@ -33,10 +34,12 @@ def _options_key(options: Mapping[str, Any] | None) -> tuple:
 class Workspace:
     """Plugins, a data directory and the caches of what cells load from them."""
 
-    def __init__(self, plugins: Plugins, data_dir: str | Path | None = None, reporter: Reporter | None = None) -> None:
+    def __init__(self, plugins: Plugins, data_dir: str | Path | None = None, reporter: Reporter | None = None,
+                 feature_cache: FeatureCache | None = None) -> None:
         self.plugins = plugins
         self.data_dir = resolve_data_dir(data_dir)
         self.reporter = reporter or Reporter()
+        self.feature_cache = feature_cache  # None: every RDM is computed
         self._datasets: dict[tuple, Dataset] = {}
         self._checksums: dict[int, dict[str, str]] = {}  # by id() of a dataset that _datasets keeps alive
         self._images: dict[tuple, Any] = {}

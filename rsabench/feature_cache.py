@@ -1,0 +1,163 @@
+"""A content-addressed cache of per-layer model RDMs of networks as built (before any training).
+
+The frozen evaluation of one (network, image set) is the same forward pass whatever objective, target or
+cell seed asks for it; the cache computes it once. An entry's key is the sha256 of everything its RDM
+depends on (:func:`entry_key`): the digest of the network's state as built (weights, architecture, seed),
+the backbone and its preprocessing, the image set (the dataset's content checksums, group and image
+indices), the layer, the dtype, how it ran (device kind, batch size, memory layout: they change the last
+bits) and the versions of the code that computes it. An entry is one safetensors file (no pickle) holding
+the RDM's upper triangle in float32 with the key and the sha256 of its bytes in its metadata, written
+atomically; an entry that does not parse, has another key or other bytes is reported once, removed and
+recomputed — never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+FORMAT = "rsabench.feature-rdm/1"
+SUFFIX = ".safetensors"
+
+
+def default_dir() -> Path:
+    """``<cache dir>/features`` (``RSABENCH_CACHE``, else the user cache dir)."""
+    from .digests import cache_dir
+
+    return cache_dir() / "features"
+
+
+def state_digest(model: Any) -> str:
+    """sha256 over a model's state dict: each tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def entry_key(parts: dict[str, Any], layer: str) -> str:
+    """The key of one layer's RDM: sha256 of the canonical JSON of ``parts`` plus the layer."""
+    from .records import canonical_json
+
+    return hashlib.sha256(canonical_json({**parts, "layer": layer}).encode()).hexdigest()
+
+
+def code_versions() -> dict[str, str]:
+    """Versions of the code behind a feature RDM: rsabench's feature code and the libraries it runs."""
+    import importlib.metadata as md
+
+    from .features import FEATURES_VERSION
+    from .images import PREPROCESS
+
+    versions = {"features": str(FEATURES_VERSION), "preprocess": PREPROCESS}
+    for package in ("torch", "torchvision", "timm"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+class FeatureCache:
+    """Per-layer RDM entries under ``root``; ``hits`` and ``misses`` count image-set lookups."""
+
+    def __init__(self, root: Path | None = None, note: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_dir()
+        self.note = note or (lambda message: None)
+        self.hits = 0
+        self.misses = 0
+        self.unwritable = False
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}{SUFFIX}"
+
+    def _read(self, key: str, n: int) -> np.ndarray | None:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.note(f"feature cache entry {path}: unreadable ({exc.strerror}); recomputed")
+            return None
+        try:
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]) if len(data) >= 8 else None
+            meta = (header or {}).get("__metadata__", {})
+            tri = load(data)["rdm"]
+            problem = None
+            if meta.get("format") != FORMAT or meta.get("key") != key:
+                problem = "another format or key"
+            elif tri.dtype != np.float32 or tri.shape != (n * (n - 1) // 2,):
+                problem = f"an RDM of the wrong shape {tri.shape}"
+            elif hashlib.sha256(tri.tobytes()).hexdigest() != meta.get("sha256"):
+                problem = "bytes that do not match their digest"
+        except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+            problem = f"not a safetensors file ({str(exc).splitlines()[0][:80]})"
+        if problem:
+            self.note(f"feature cache entry {path}: {problem} (corrupt or truncated); removed and recomputed")
+            path.unlink(missing_ok=True)
+            return None
+        rdm = np.zeros((n, n), dtype=np.float32)
+        i, j = np.triu_indices(n, 1)
+        rdm[i, j] = tri
+        rdm[j, i] = tri
+        return rdm
+
+    def get(self, keys: list[str], n: int) -> np.ndarray | None:
+        """The RDMs ``(len(keys), n, n)`` if every key has a sound entry, else None (a miss)."""
+        rdms = []
+        for key in keys:
+            rdm = self._read(key, n)
+            if rdm is None:
+                self.misses += 1
+                return None
+            rdms.append(rdm)
+        self.hits += 1
+        return np.stack(rdms)
+
+    def put(self, keys: list[str], rdms: np.ndarray, description: dict[str, Any]) -> None:
+        """Store each layer's RDM (an RDM exactly symmetric with a zero diagonal: only its upper triangle is kept)."""
+        from safetensors.numpy import save
+
+        from .records import atomic_open
+
+        if self.unwritable:
+            return
+        i, j = np.triu_indices(rdms.shape[-1], 1)
+        for key, rdm in zip(keys, rdms):
+            tri = np.ascontiguousarray(rdm[i, j], dtype=np.float32)
+            meta = {"format": FORMAT, "key": key, "sha256": hashlib.sha256(tri.tobytes()).hexdigest(), "description": json.dumps(description)}
+            try:
+                with atomic_open(self._path(key), "wb") as fh:
+                    fh.write(save({"rdm": tri}, metadata=meta))
+            except OSError as exc:
+                self.unwritable = True
+                self.note(f"feature cache {self.root}: cannot write ({exc.strerror}); features are computed without it")
+                return
+
+    def entries(self) -> list[Path]:
+        return sorted(self.root.glob(f"??/*{SUFFIX}")) if self.root.is_dir() else []
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry (and leftover temp files); returns (files, bytes) removed."""
+        removed, size = 0, 0
+        for path in [*self.entries(), *(self.root.glob("??/.*.tmp") if self.root.is_dir() else [])]:
+            size += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed += 1
+        for folder in self.root.glob("??") if self.root.is_dir() else []:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed, size

@@ -1,0 +1,161 @@
+"""The feature cache: a hit gives the numbers of a miss; any changed input misses; a damaged entry is
+reported, removed and recomputed, never used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from algonauts_fixture import make_release
+from rsabench import features
+from rsabench.feature_cache import FeatureCache
+from rsabench.plugins import get_plugins
+from rsabench.runner import RunOptions, Session
+
+LAYERS = ("features.1", "features.4")
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def stage(self, description, total):
+        import contextlib
+
+        return contextlib.nullcontext(lambda n: None)
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def run(tmp_path: Path, cache_dir: Path | None, objective: str = "frozen", dataset: str = "kriegeskorte2008", **options):
+    """One cell in a fresh session (nothing shared in memory with an earlier call); returns its record."""
+    opts = {"weights": "random", "image_size": 32, "epochs": 1, "layers": LAYERS, **options}
+    if cache_dir is None:
+        opts["feature_cache"] = False
+    else:
+        opts["cache_dir"] = str(cache_dir)
+    reporter = Notes()
+    session = Session(get_plugins(), RunOptions(**opts), reporter=reporter, force=True)
+    target = ["IT"] if dataset == "algonauts-fmri" else []
+    [cell] = session.plan([dataset], ["alexnet"], [objective], [0], target, tmp_path / "runs")
+    record = session.run(cell)
+    return record, reporter.messages
+
+
+def numbers(record: dict) -> tuple:
+    return record["scores"], record["per_layer_final"], record["curves"]["validation"], record["selection"]
+
+
+@pytest.mark.parametrize("objective", ["frozen", "dissim"])
+def test_a_hit_gives_the_numbers_of_a_miss(tmp_path, objective):
+    uncached, _ = run(tmp_path, None, objective)
+    first, _ = run(tmp_path, tmp_path / "cache", objective)
+    again, _ = run(tmp_path, tmp_path / "cache", objective)
+    assert again["manifest"]["feature_cache"]["misses"] == 0 and again["manifest"]["feature_cache"]["hits"] >= 1
+    assert numbers(uncached) == numbers(first) == numbers(again)  # exact: the cache stores float32 RDMs bit for bit
+
+
+def test_frozen_and_epoch_0_of_training_share_one_forward_pass(tmp_path, monkeypatch):
+    calls = []
+    real = features.extract_rdms
+    monkeypatch.setattr(features, "extract_rdms", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    run(tmp_path, tmp_path / "cache", "frozen")
+    frozen_calls = list(calls)
+    assert len(frozen_calls) == 2  # validation and test images of the one group
+    calls.clear()
+    record, _ = run(tmp_path, tmp_path / "cache", "dissim", epochs=1)
+    # epoch-0 validation came from the cache: one validation pass after epoch 1, one test pass (final = best, or best = 0 from cache)
+    assert record["manifest"]["feature_cache"]["hits"] >= 1
+    assert len(calls) == 2
+
+
+def test_each_changed_input_misses(tmp_path):
+    cache = tmp_path / "cache"
+    run(tmp_path, cache)
+    assert run(tmp_path, cache)[0]["manifest"]["feature_cache"]["misses"] == 0
+    assert run(tmp_path, cache, image_size=40)[0]["manifest"]["feature_cache"]["hits"] == 0
+    assert run(tmp_path, cache, split_seed=1)[0]["manifest"]["feature_cache"]["hits"] == 0  # other images
+
+    built = get_plugins().backbones.get("alexnet")().build(weights="random", seed=0)
+    weights = tmp_path / "w.pt"
+    torch.save(built.model.state_dict(), weights)
+    # the same tensors from a file are the same network: the key is the state's digest, so this is served
+    assert run(tmp_path, cache, weights=str(weights))[0]["manifest"]["feature_cache"]["misses"] == 0
+    state = built.model.state_dict()
+    state["features.0.bias"] = state["features.0.bias"] + 1.0
+    torch.save(state, weights)
+    assert run(tmp_path, cache, weights=str(weights))[0]["manifest"]["feature_cache"]["hits"] == 0
+
+
+def test_a_changed_image_misses(tmp_path):
+    make_release(tmp_path, "fmri", {"92": 20, "78": 10})
+    cache = tmp_path / "cache"
+    run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))
+    assert run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["misses"] == 0
+    image = tmp_path / "algonauts2019/Training_Data/92_Image_Set/92images/image_05.jpg"
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["hits"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_a_damaged_entry_is_reported_once_removed_and_recomputed(tmp_path, damage):
+    cache = tmp_path / "cache"
+    good, _ = run(tmp_path, cache)
+    victim = FeatureCache(cache).entries()[0]
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 7]
+    elif damage == "flip":
+        data[-3] ^= 0x40  # a payload byte: the file still parses, its digest no longer matches
+    elif damage == "garbage":
+        data = bytearray(b"not a safetensors file at all")
+    else:
+        data = bytearray()
+    victim.write_bytes(bytes(data))
+    again, notes = run(tmp_path, cache)
+    assert numbers(again) == numbers(good)
+    damaged = [m for m in notes if "feature cache entry" in m]
+    assert len(damaged) == 1 and str(victim) in damaged[0] and "recomputed" in damaged[0], notes
+    assert again["manifest"]["feature_cache"]["misses"] >= 1
+    third, notes = run(tmp_path, cache)
+    assert third["manifest"]["feature_cache"]["misses"] == 0 and not notes  # rewritten, sound again
+
+
+def test_an_unwritable_cache_is_noted_and_changes_no_number(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache dir would be")
+    good, _ = run(tmp_path, None)
+    record, notes = run(tmp_path, blocker / "cache")
+    assert numbers(record) == numbers(good)
+    assert sum("cannot write" in m for m in notes) == 1, notes
+
+
+def test_cache_info_and_clear(tmp_path, capsys):
+    from rsabench.cli import main
+
+    cache = tmp_path / "cache"
+    run(tmp_path, cache)
+    n = len(FeatureCache(cache).entries())
+    assert n == 2 * len(LAYERS)  # validation and test images, each layer
+    for argv in (["cache", "info", "--cache-dir", str(cache)], ["cache", "clear", "--cache-dir", str(cache)]):
+        main(argv)  # returns normally on success (main exits only on errors)
+    out = capsys.readouterr().out
+    assert f"entries: {n} layer RDM(s)" in out and f"removed {n} file(s)" in out
+    assert FeatureCache(cache).entries() == []
+
+
+def test_the_upper_triangle_round_trips_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((9, 5)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    from rsabench.rsa import rdm_from_unit_rows
+
+    rdms = np.stack([rdm_from_unit_rows(z), rdm_from_unit_rows(z[::-1].copy())])
+    store = FeatureCache(tmp_path)
+    store.put(["a" * 64, "b" * 64], rdms, {})
+    np.testing.assert_array_equal(store.get(["a" * 64, "b" * 64], 9), rdms)
+    assert store.get(["a" * 64, "c" * 64], 9) is None and store.misses == 1
