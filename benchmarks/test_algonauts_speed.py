@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr, ttest_1samp
+from timing import best_time
 
 from rsabench.conventions import scorer_for
 from rsabench.rsa import SpearmanMetric, correlation_rdm_numpy
-from timing import best_time
 
 SPEEDUP_TARGET = 10.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +36,14 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 NC92 = {"EVC_RDMs": 0.1589, "IT_RDMs": 0.3075}
 
 
-
-
 @pytest.fixture(scope="module")
 def case() -> tuple[np.ndarray, dict[str, np.ndarray], str]:
     """(8 model RDMs (8, 92, 92), {EVC_RDMs, IT_RDMs: (15, 92, 92)}, source)."""
     base = SHARED / "algonauts2019"
     fmri = base / "Training_Data" / "92_Image_Set" / "target_fmri.mat"
-    models = [base / "model_rdms" / "92images_rdms" / "alexnet" / "pearson" / layer / "submit_fmri.mat" for layer in LAYERS]
+    models = [
+        base / "model_rdms" / "92images_rdms" / "alexnet" / "pearson" / layer / "submit_fmri.mat" for layer in LAYERS
+    ]
     if fmri.is_file() and all(m.is_file() for m in models):
         import h5py
         from scipy.io import loadmat
@@ -55,8 +55,15 @@ def case() -> tuple[np.ndarray, dict[str, np.ndarray], str]:
     else:
         rng = np.random.default_rng(0)
         shared = rng.standard_normal((92, 64))
-        targets = {k: np.stack([correlation_rdm_numpy(shared + 2 * rng.standard_normal((92, 64))) for _ in range(15)]).astype(np.float64) for k in NC92}
-        layers = np.stack([correlation_rdm_numpy(shared + rng.standard_normal((92, 64)) * (1 + i)) for i in range(8)]).astype(np.float64)
+        targets = {
+            k: np.stack([correlation_rdm_numpy(shared + 2 * rng.standard_normal((92, 64))) for _ in range(15)]).astype(
+                np.float64
+            )
+            for k in NC92
+        }
+        layers = np.stack(
+            [correlation_rdm_numpy(shared + rng.standard_normal((92, 64)) * (1 + i)) for i in range(8)]
+        ).astype(np.float64)
         source = "synthetic (reference data not found)"
     assert layers.shape == (8, 92, 92) and all(t.shape == (15, 92, 92) for t in targets.values())
     return layers, targets, source
@@ -114,5 +121,7 @@ def test_algonauts2019_scoring_speedup(case):
         f"  rsabench cold (build scorers + score): {t_cold * 1e3:.1f} ms -> {cold:.1f}x\n"
         f"  rsabench warm (score_many only):       {t_warm * 1e3:.2f} ms -> {warm:.1f}x"
     )
-    assert warm >= SPEEDUP_TARGET, f"algonauts2019 scoring only {warm:.1f}x faster than the devkit loop (target {SPEEDUP_TARGET}x)"
+    assert warm >= SPEEDUP_TARGET, (
+        f"algonauts2019 scoring only {warm:.1f}x faster than the devkit loop (target {SPEEDUP_TARGET}x)"
+    )
     assert cold >= 3.0, f"building scorers + scoring only {cold:.1f}x faster than the devkit loop"

@@ -20,17 +20,15 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
+from timing import best_time
 
 from rsabench.rsa import SpearmanMetric, correlation_rdm, correlation_rdm_numpy, upper_tri
-from timing import best_time
 
 N_IMAGES, N_FEATURES = 1000, 4096
 RDM_SPEEDUP_TARGET = 15.0
 SPEARMAN_SPEEDUP_TARGET = 25.0
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RSABENCH_TEST_DATA", ROOT.parent / "shared" / "data"))
-
-
 
 
 def interleaved_speedup(slow: Callable[[], object], fast: Callable[[], object], rounds: int, slow_n: int, fast_n: int):

@@ -126,8 +126,9 @@ def test_fwd_bwd_pass(benchmark, setup):
         return (), {}
 
     info(benchmark, setup)
-    benchmark.pedantic(timed("fwd_bwd", setup.fwd_bwd), setup=prepare, rounds=FAST_ROUNDS, warmup_rounds=1,
-                       iterations=1)
+    benchmark.pedantic(
+        timed("fwd_bwd", setup.fwd_bwd), setup=prepare, rounds=FAST_ROUNDS, warmup_rounds=1, iterations=1
+    )
 
 
 def test_epoch_two_branch(benchmark, setup):
@@ -140,8 +141,14 @@ def test_epoch_two_branch(benchmark, setup):
 
     def epoch(optimizer):
         LOSSES["two_branch"] = ref.two_branch_epoch(
-            setup.model, LAYER, {"92": setup.x}, {"92": setup.target}, setup.pairs, optimizer,
-            pairs_per_step=len(setup.pairs), pairs_per_forward=PAIRS_PER_FORWARD,
+            setup.model,
+            LAYER,
+            {"92": setup.x},
+            {"92": setup.target},
+            setup.pairs,
+            optimizer,
+            pairs_per_step=len(setup.pairs),
+            pairs_per_forward=PAIRS_PER_FORWARD,
             generator=torch.Generator().manual_seed(0),
         )
 
@@ -178,15 +185,23 @@ def test_epoch_batch_rdm(benchmark, setup):
 
     def run_train():
         result = train(
-            setup.model, LAYER, Dissim(), StampedImages({"92": setup.x}), {"92": np.arange(setup.n)},
-            {"92": setup.target}, settings, seed=0, evaluate=evaluate,
+            setup.model,
+            LAYER,
+            Dissim(),
+            StampedImages({"92": setup.x}),
+            {"92": np.arange(setup.n)},
+            {"92": setup.target},
+            settings,
+            seed=0,
+            evaluate=evaluate,
         )
         LOSSES["batch_rdm"] = result.train_loss[0]
 
     info(benchmark, setup)
     benchmark.extra_info.update(batch_size=setup.n, batches_per_epoch=1)
-    benchmark.pedantic(timed("batch_rdm_train_call", run_train), setup=prepare, rounds=FAST_ROUNDS,
-                       warmup_rounds=1, iterations=1)
+    benchmark.pedantic(
+        timed("batch_rdm_train_call", run_train), setup=prepare, rounds=FAST_ROUNDS, warmup_rounds=1, iterations=1
+    )
     benchmark.extra_info["epoch_loop_min_s"] = min(TIMES["batch_rdm_epoch"])
 
 
@@ -202,16 +217,18 @@ def test_speed_ratios(record_property):
     # both trainers computed the same loss over the same 4186 pairs from the same weights
     assert LOSSES["batch_rdm"] == pytest.approx(LOSSES["two_branch"], rel=1e-4)
     speedup, overhead = two_branch / epoch, epoch / fwd_bwd
-    summary = " | ".join([
-        f"two-branch epoch {two_branch:.2f} s",
-        f"batch-RDM epoch {epoch:.3f} s (whole train() call {train_call:.3f} s)",
-        f"fwd+bwd {fwd_bwd:.3f} s (paired; alone {fwd_bwd_alone:.3f} s)",
-        f"speed-up {speedup:.1f}x",
-        f"epoch/fwd+bwd {overhead:.2f}x (median of paired ratios {paired:.2f}x, CPU time {cpu_ratio:.2f}x)",
-        f"train()/fwd+bwd {train_call / fwd_bwd:.2f}x",
-        f"loss {LOSSES['batch_rdm']:.6f}",
-        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
-    ])
+    summary = " | ".join(
+        [
+            f"two-branch epoch {two_branch:.2f} s",
+            f"batch-RDM epoch {epoch:.3f} s (whole train() call {train_call:.3f} s)",
+            f"fwd+bwd {fwd_bwd:.3f} s (paired; alone {fwd_bwd_alone:.3f} s)",
+            f"speed-up {speedup:.1f}x",
+            f"epoch/fwd+bwd {overhead:.2f}x (median of paired ratios {paired:.2f}x, CPU time {cpu_ratio:.2f}x)",
+            f"train()/fwd+bwd {train_call / fwd_bwd:.2f}x",
+            f"loss {LOSSES['batch_rdm']:.6f}",
+            f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        ]
+    )
     print("\n" + summary)
     record_property("summary", summary)
     assert speedup >= MIN_SPEEDUP, summary

@@ -218,9 +218,16 @@ def load_checkpoint(model: "nn.Module", path: Path) -> None:
             if isinstance(state.get(key), dict):
                 state = state[key]
     if isinstance(state, dict):
-        bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = [
+            k
+            for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
         if bad:
-            raise UsageError(f"--weights {path}: checkpoint holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}); it cannot be scored")
+            raise UsageError(
+                f"--weights {path}: checkpoint holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}); it cannot "
+                "be scored"
+            )
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

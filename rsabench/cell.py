@@ -61,7 +61,9 @@ def resolve_device(option: str) -> str:
 
 def describe(config: dict[str, Any]) -> str:
     """``dataset / target / backbone / objective / seed N``."""
-    return " / ".join(str(config[k]) for k in ("dataset", "target", "backbone", "objective")) + f" / seed {config['seed']}"
+    return (
+        " / ".join(str(config[k]) for k in ("dataset", "target", "backbone", "objective")) + f" / seed {config['seed']}"
+    )
 
 
 # -- prepare --------------------------------------------------------------------------------------
@@ -101,12 +103,22 @@ class Prepared:
             hit = self.cache.get(keys, len(idx))
             if hit is not None:
                 return hit
-        imgs = self.workspace.images(self.dataset, group, self.config["image_size"], self.built.mean, self.built.std)[idx]
+        imgs = self.workspace.images(self.dataset, group, self.config["image_size"], self.built.mean, self.built.std)[
+            idx
+        ]
         with self.workspace.reporter.stage(stage, len(idx)) as advance:
-            rdms = extract_rdms(self.built.model, self.layers, imgs, self.runtime.batch_size, self.device, advance, self.channels_last)
+            rdms = extract_rdms(
+                self.built.model, self.layers, imgs, self.runtime.batch_size, self.device, advance, self.channels_last
+            )
         if use_cache:
-            description = {"dataset": self.dataset.name, "group": group, "n": len(idx), "backbone": self.config["backbone"],
-                           "image_size": self.config["image_size"], "weights": self.config["weights"]}
+            description = {
+                "dataset": self.dataset.name,
+                "group": group,
+                "n": len(idx),
+                "backbone": self.config["backbone"],
+                "image_size": self.config["image_size"],
+                "weights": self.config["weights"],
+            }
             self.cache.put(keys, rdms, description)
         return rdms
 
@@ -115,11 +127,23 @@ class Prepared:
         if self._network_parts is None:
             c, ds = self.config, self.dataset
             self._network_parts = {
-                "network": state_digest(self.built.model), "backbone": c["backbone"], "backbone_info": self.built.info,
+                "network": state_digest(self.built.model),
+                "backbone": c["backbone"],
+                "backbone_info": self.built.info,
                 "preprocessing": {"size": c["image_size"], "mean": list(self.built.mean), "std": list(self.built.std)},
-                "dataset": {"name": ds.name, "version": ds.version, "options": c["dataset_options"], "data_checksums": c["data_checksums"]},
-                "dtype": "float32", "code": code_versions(),
-                "runtime": {"device": self.device.split(":")[0], "batch_size": self.runtime.batch_size, "channels_last": self.channels_last},
+                "dataset": {
+                    "name": ds.name,
+                    "version": ds.version,
+                    "options": c["dataset_options"],
+                    "data_checksums": c["data_checksums"],
+                },
+                "dtype": "float32",
+                "code": code_versions(),
+                "runtime": {
+                    "device": self.device.split(":")[0],
+                    "batch_size": self.runtime.batch_size,
+                    "channels_last": self.channels_last,
+                },
             }
         images = hashlib.sha256(np.asarray(idx, dtype="<i8").tobytes()).hexdigest()
         return {**self._network_parts, "group": group, "images": images, "n": len(idx)}
@@ -131,16 +155,31 @@ def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> N
     from .digests import DigestCache
 
     have = workspace.data_checksums(ds)
-    changed = sorted(k for k in set(have) | set(config["data_checksums"]) if have.get(k) != config["data_checksums"].get(k))
+    changed = sorted(
+        k for k in set(have) | set(config["data_checksums"]) if have.get(k) != config["data_checksums"].get(k)
+    )
     if changed:
-        raise UsageError(f"dataset {ds.name!r}: {changed[0]} differs from what this cell's config was resolved with (data changed; plan the cell again)")
+        raise UsageError(
+            f"dataset {ds.name!r}: {changed[0]} differs from what this cell's config was resolved with (data changed; "
+            "plan the cell again)"
+        )
     weights = resolve_weights_path(config["weights"])  # a file that is not there is a usage error
     if (weights is None) != (config["weights_sha256"] is None):
-        raise UsageError(f"config: weights {config['weights']!r} and weights_sha256 disagree (a digest goes with a weights file only)")
+        raise UsageError(
+            f"config: weights {config['weights']!r} and weights_sha256 disagree (a digest goes with a weights file "
+            "only)"
+        )
     if weights is not None and DigestCache().digest(weights) != config["weights_sha256"]:
-        raise UsageError(f"--weights {config['weights']}: the file's sha256 differs from the cell config's weights_sha256")
+        raise UsageError(
+            f"--weights {config['weights']}: the file's sha256 differs from the cell config's weights_sha256"
+        )
     plugins = workspace.plugins
-    code = {"rsabench": __version__, "plugins": plugins.used_versions(dataset=ds.name, backbone=config["backbone"], objective=config["objective"], metric=config["metric"])}
+    code = {
+        "rsabench": __version__,
+        "plugins": plugins.used_versions(
+            dataset=ds.name, backbone=config["backbone"], objective=config["objective"], metric=config["metric"]
+        ),
+    }
     if code != config["code"]:
         raise UsageError(f"this cell's config was resolved with code {config['code']}, this installation has {code}")
 
@@ -159,7 +198,9 @@ def seed_everything(seed: int, device: str) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def prepare(config: dict[str, Any], workspace: Workspace, runtime: Runtime, cache: FeatureCache | None = None) -> Prepared:
+def prepare(
+    config: dict[str, Any], workspace: Workspace, runtime: Runtime, cache: FeatureCache | None = None
+) -> Prepared:
     """Dataset, inputs checked, network built and seeded, image splits, images and validation scorers."""
     import torch
 
@@ -190,9 +231,28 @@ def prepare(config: dict[str, Any], workspace: Workspace, runtime: Runtime, cach
     metric = plugins.metrics.get(config["metric"])()
     images = {g: workspace.images(ds, g, config["image_size"], built.mean, built.std) for g in groups}
     boot = config["bootstrap"]["seed"]
-    val_scorers = {g: make_scorer(VALIDATION_CONVENTION, ds, config["target"], g, metric, splits[g]["validation"], boot) for g in groups}
-    p = Prepared(config, config_hash(config), workspace, runtime, device, channels_last, ds, metric, objective, built, layers,
-                 splits, groups, images, val_scorers, cache=cache)
+    val_scorers = {
+        g: make_scorer(VALIDATION_CONVENTION, ds, config["target"], g, metric, splits[g]["validation"], boot)
+        for g in groups
+    }
+    p = Prepared(
+        config,
+        config_hash(config),
+        workspace,
+        runtime,
+        device,
+        channels_last,
+        ds,
+        metric,
+        objective,
+        built,
+        layers,
+        splits,
+        groups,
+        images,
+        val_scorers,
+        cache=cache,
+    )
     if cache is not None:
         p.cache_parts(groups[0], splits[groups[0]]["validation"])  # digest the network now, while it is as built
     p.timings["setup_s"] = time.perf_counter() - t_start
@@ -222,14 +282,21 @@ class Validator:
             if ok:
                 raw[ok] = p.val_scorers[g].raw_values(rdms[ok])
             per_layer += raw / len(p.groups)
-            self.curves.extend({"epoch": epoch, "group": g, "layer": layer, "raw": float(v)} for layer, v in zip(p.layers, raw))
+            self.curves.extend(
+                {"epoch": epoch, "group": g, "layer": layer, "raw": float(v)}
+                for layer, v in zip(p.layers, raw, strict=True)
+            )
         if np.all(np.isnan(per_layer)):
             why = next(problem for problem in broken if problem)
-            cause = f"training diverged or collapsed: after epoch {epoch}" if epoch else "the network as built: at epoch 0"
+            cause = (
+                f"training diverged or collapsed: after epoch {epoch}" if epoch else "the network as built: at epoch 0"
+            )
             raise CellFailure(f"{cause} every layer's validation RDM {why}; nothing can be selected")
-        excluded = [layer for layer, v in zip(p.layers, per_layer) if np.isnan(v)]
+        excluded = [layer for layer, v in zip(p.layers, per_layer, strict=True) if np.isnan(v)]
         if excluded and epoch == 0:
-            p.workspace.reporter.note(f"layer(s) {', '.join(excluded)}: constant or non-finite validation RDM at epoch 0, not selectable")
+            p.workspace.reporter.note(
+                f"layer(s) {', '.join(excluded)}: constant or non-finite validation RDM at epoch 0, not selectable"
+            )
         self.best_layer_at[epoch] = p.layers[int(np.nanargmax(per_layer))]
         value = float(np.nanmax(per_layer))
         if epoch == 0:
@@ -261,7 +328,9 @@ def criterion(config: dict[str, Any]) -> str:
 def select_frozen(p: Prepared, validate: Validator) -> Selection:
     """The network as built: the best validation layer at epoch 0."""
     value = validate(0)
-    return Selection({"criterion": criterion(p.config), "epoch": 0, "layer": validate.best_layer_at[0], "validation": value})
+    return Selection(
+        {"criterion": criterion(p.config), "epoch": 0, "layer": validate.best_layer_at[0], "validation": value}
+    )
 
 
 def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None) -> Selection:
@@ -280,31 +349,77 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
     else:
         check_layers(p.built.model, [loss_layer], config["backbone"])
     norm = config["target_normalization"]
-    targets = {g: torch.from_numpy(training_target(ds.target(config["target"], g).rdms, norm, splits[g]["train"])).float() for g in p.groups}
+    targets = {
+        g: torch.from_numpy(training_target(ds.target(config["target"], g).rdms, norm, splits[g]["train"])).float()
+        for g in p.groups
+    }
     train_index = {g: splits[g]["train"] for g in p.groups}
-    p.objective.setup(np.concatenate([t.numpy()[np.ix_(i, i)][np.triu_indices(len(i), 1)] for t, i in zip(targets.values(), train_index.values())]))
+    p.objective.setup(
+        np.concatenate(
+            [
+                t.numpy()[np.ix_(i, i)][np.triu_indices(len(i), 1)]
+                for t, i in zip(targets.values(), train_index.values(), strict=True)
+            ]
+        )
+    )
     settings = TrainSettings(**config["train"])
     settings.validate()
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = Checkpointer(checkpoint_dir, p.cell, get_extra=validate.state, set_extra=validate.restore,
-                                  note=p.workspace.reporter.note, keep=p.runtime.keep_checkpoints)
+        checkpoint = Checkpointer(
+            checkpoint_dir,
+            p.cell,
+            get_extra=validate.state,
+            set_extra=validate.restore,
+            note=p.workspace.reporter.note,
+            keep=p.runtime.keep_checkpoints,
+        )
     n_train = sum(len(i) for i in train_index.values())
     validate(0)  # epoch 0 while the network is as built (from the cache where it has it); train() reuses the value
     p.as_built = False
-    with p.workspace.reporter.stage(f"training {config['objective']} on {loss_layer}", n_train * settings.epochs) as advance:
-        result = train(p.built.model, loss_layer, p.objective, p.images, train_index, targets, settings, config["seed"], validate,
-                       p.device, advance, checkpoint=checkpoint, channels_last=p.channels_last)
-    final = {(name, g): p.rdms(g, idx, f"test features {g}") for name, g, idx in test_sets(ds, splits)}  # selection-free numbers
+    with p.workspace.reporter.stage(
+        f"training {config['objective']} on {loss_layer}", n_train * settings.epochs
+    ) as advance:
+        result = train(
+            p.built.model,
+            loss_layer,
+            p.objective,
+            p.images,
+            train_index,
+            targets,
+            settings,
+            config["seed"],
+            validate,
+            p.device,
+            advance,
+            checkpoint=checkpoint,
+            channels_last=p.channels_last,
+        )
+    final = {
+        (name, g): p.rdms(g, idx, f"test features {g}") for name, g, idx in test_sets(ds, splits)
+    }  # selection-free numbers
     p.built.model.load_state_dict(result.best_state)
     p.as_built = result.best_epoch == 0
-    chosen = {"criterion": criterion(config), "epoch": result.best_epoch, "layer": validate.best_layer_at[result.best_epoch],
-              "validation": result.best_value, "loss_layer": loss_layer}
+    chosen = {
+        "criterion": criterion(config),
+        "epoch": result.best_epoch,
+        "layer": validate.best_layer_at[result.best_epoch],
+        "validation": result.best_value,
+        "loss_layer": loss_layer,
+    }
     training = {
-        "epochs_run": result.epochs_run, "train_loss": result.train_loss, "lr": result.lr, "grad_norm": result.grad_norm,
-        "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
-        "bn_layers_adapted": result.bn_layers_adapted, "channels_last": p.channels_last, "target_normalization": norm,
-        "checkpoint": f"{checkpoint_dir.name}/best.pt" if checkpoint_dir is not None and p.runtime.keep_checkpoints else None,
+        "epochs_run": result.epochs_run,
+        "train_loss": result.train_loss,
+        "lr": result.lr,
+        "grad_norm": result.grad_norm,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "bn_layers_adapted": result.bn_layers_adapted,
+        "channels_last": p.channels_last,
+        "target_normalization": norm,
+        "checkpoint": f"{checkpoint_dir.name}/best.pt"
+        if checkpoint_dir is not None and p.runtime.keep_checkpoints
+        else None,
     }
     return Selection(chosen, training, final, best_is_final=result.best_epoch == result.epochs_run)
 
@@ -328,13 +443,24 @@ def score_tests(p: Prepared, selection: Selection) -> tuple[list[dict[str, Any]]
             final = selection.final_rdms.get((name, g), rdms)
         problem = model_rdm_problem(rdms[k_chosen])
         if problem:
-            raise CellFailure(f"the selected layer {chosen['layer']} (epoch {chosen['epoch']}): its {name} RDM on group {g} {problem}")
+            raise CellFailure(
+                f"the selected layer {chosen['layer']} (epoch {chosen['epoch']}): its {name} RDM on group {g} {problem}"
+            )
         healthy = [k for k in range(len(p.layers)) if model_rdm_problem(final[k]) is None]
         for convention in p.dataset.conventions:
-            scorer = make_scorer(convention, p.dataset, p.config["target"], g, p.metric, idx, p.config["bootstrap"]["seed"])
+            scorer = make_scorer(
+                convention, p.dataset, p.config["target"], g, p.metric, idx, p.config["bootstrap"]["seed"]
+            )
             where = {"split": name, "group": g, "convention": convention}
-            scores.append({**where, "layer": chosen["layer"], "epoch": chosen["epoch"], "score": scorer.score(rdms[k_chosen]).to_dict()})
-            layer_scores = dict(zip(healthy, scorer.score_many(final[healthy]))) if healthy else {}
+            scores.append(
+                {
+                    **where,
+                    "layer": chosen["layer"],
+                    "epoch": chosen["epoch"],
+                    "score": scorer.score(rdms[k_chosen]).to_dict(),
+                }
+            )
+            layer_scores = dict(zip(healthy, scorer.score_many(final[healthy]), strict=True)) if healthy else {}
             for k, layer in enumerate(p.layers):
                 entry = {**where, "layer": layer, "epoch": final_epoch}
                 if k in layer_scores:
@@ -345,12 +471,23 @@ def score_tests(p: Prepared, selection: Selection) -> tuple[list[dict[str, Any]]
 
 
 # -- the record -----------------------------------------------------------------------------------
-def build_record(p: Prepared, selection: Selection, scores: list[dict[str, Any]], per_layer: list[dict[str, Any]], validate: Validator) -> dict[str, Any]:
+def build_record(
+    p: Prepared,
+    selection: Selection,
+    scores: list[dict[str, Any]],
+    per_layer: list[dict[str, Any]],
+    validate: Validator,
+) -> dict[str, Any]:
     config = p.config
     seeds = {"cell": config["seed"], "split": config["split"]["seed"], "bootstrap": config["bootstrap"]["seed"]}
-    extra = {"weights_digest": p.built.weights_digest, "backbone_info": p.built.info, "seeds": seeds,
-             "data_checksums": p.workspace.data_checksums(p.dataset), "runtime": p.runtime.to_dict(),
-             "feature_cache": p.cache_stats}
+    extra = {
+        "weights_digest": p.built.weights_digest,
+        "backbone_info": p.built.info,
+        "seeds": seeds,
+        "data_checksums": p.workspace.data_checksums(p.dataset),
+        "runtime": p.runtime.to_dict(),
+        "feature_cache": p.cache_stats,
+    }
     return {
         "schema": SCHEMA,
         "cell": p.cell,
@@ -405,10 +542,17 @@ def run_cell(
 def _out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (CPU or CUDA)."""
     text = str(exc).lower()
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
-def execute(config: dict[str, Any], path: Path, workspace: Workspace, runtime: Runtime, force: bool = False) -> dict[str, Any]:
+def execute(
+    config: dict[str, Any], path: Path, workspace: Workspace, runtime: Runtime, force: bool = False
+) -> dict[str, Any]:
     """Run the cell ``config`` and write its record to ``path`` atomically; returns the record.
 
     The cell's lock is held meanwhile: another process sharing the runs dir waits, then (unless ``force``)
@@ -433,7 +577,8 @@ def execute(config: dict[str, Any], path: Path, workspace: Workspace, runtime: R
                 raise
             raise CellFailure(
                 f"cell {describe(config)}: out of memory on {runtime.resolved_device()} with --image-size "
-                f"{config['image_size']} and --batch-size {runtime.batch_size} ({type(exc).__name__}); use smaller values"
+                f"{config['image_size']} and --batch-size {runtime.batch_size} ({type(exc).__name__}); use smaller "
+                "values"
             ) from None
         write_atomic(path, record)
         finish_checkpoints(checkpoints, runtime.keep_checkpoints)

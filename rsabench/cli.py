@@ -37,7 +37,9 @@ class FiniteFloat(click.ParamType):
 
     name = "float"
 
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> None:
+    def __init__(
+        self, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+    ) -> None:
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
@@ -69,44 +71,248 @@ def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 def run_options(func: Callable) -> Callable:
     """Options shared by ``run`` and ``plan``."""
     options = [
-        click.option("--dataset", "datasets", multiple=True, metavar="NAME", help=f"dataset (repeatable; default {DEFAULT_DATASET})"),
-        click.option("--backbone", "backbones", multiple=True, metavar="NAME", help=f"backbone (repeatable; default {DEFAULT_BACKBONE})"),
-        click.option("--objective", "objectives", multiple=True, metavar="NAME", help="objective (repeatable; default frozen and dissim)"),
-        click.option("--seed", "seeds", multiple=True, type=SEED, metavar="N", help="training seed, 0 to 2^63-1 (repeatable; default 0)"),
-        click.option("--target", "targets", multiple=True, metavar="NAME", help="only these targets (repeatable; default all)"),
-        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH", help="initial weights: the library's ImageNet weights, random (seeded) or a checkpoint file"),
-        click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="training epochs of objectives that train (0 = score the initial network)"),
-        click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, metavar="PX", help="images are resized to PX x PX"),
-        click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True, help="images per forward pass (training batches come from one group)"),
+        click.option(
+            "--dataset",
+            "datasets",
+            multiple=True,
+            metavar="NAME",
+            help=f"dataset (repeatable; default {DEFAULT_DATASET})",
+        ),
+        click.option(
+            "--backbone",
+            "backbones",
+            multiple=True,
+            metavar="NAME",
+            help=f"backbone (repeatable; default {DEFAULT_BACKBONE})",
+        ),
+        click.option(
+            "--objective",
+            "objectives",
+            multiple=True,
+            metavar="NAME",
+            help="objective (repeatable; default frozen and dissim)",
+        ),
+        click.option(
+            "--seed",
+            "seeds",
+            multiple=True,
+            type=SEED,
+            metavar="N",
+            help="training seed, 0 to 2^63-1 (repeatable; default 0)",
+        ),
+        click.option(
+            "--target", "targets", multiple=True, metavar="NAME", help="only these targets (repeatable; default all)"
+        ),
+        click.option(
+            "--weights",
+            default="imagenet",
+            show_default=True,
+            metavar="imagenet|random|PATH",
+            help="initial weights: the library's ImageNet weights, random (seeded) or a checkpoint file",
+        ),
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=0),
+            default=10,
+            show_default=True,
+            help="training epochs of objectives that train (0 = score the initial network)",
+        ),
+        click.option(
+            "--image-size",
+            type=click.IntRange(min=16),
+            default=224,
+            show_default=True,
+            metavar="PX",
+            help="images are resized to PX x PX",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=2),
+            default=32,
+            show_default=True,
+            help="images per forward pass (training batches come from one group)",
+        ),
         click.option("--lr", type=FiniteFloat(0, low_open=True), default=1e-4, show_default=True, help="learning rate"),
-        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True, help="optimizer of the trainable parameters"),
-        click.option("--weight-decay", type=FiniteFloat(0), default=0.0, show_default=True, help="L2 weight decay (decoupled with adamw)"),
-        click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True, help="early stopping after N epochs without validation gain (0 = off)"),
-        click.option("--trainable", default="all", show_default=True, metavar="POLICY", help="all | none | up-to:<layer> | from:<layer>"),
-        click.option("--lr-schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True, help="per-epoch learning-rate schedule after warm-up"),
-        click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="linear warm-up: epoch e <= N runs at lr*e/(N+1)"),
-        click.option("--lr-step", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS", help="step schedule: epochs between decays (0 = a third of the post-warm-up epochs)"),
-        click.option("--lr-gamma", type=FiniteFloat(0, 1, low_open=True), default=0.1, show_default=True, help="step schedule: lr factor per decay"),
-        click.option("--grad-clip", type=FiniteFloat(0), default=0.0, show_default=True, metavar="NORM", help="clip the global gradient L2 norm (0 = off)"),
-        click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True, help="mixed precision for training steps (CUDA only; scores are always computed in float32)"),
-        click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)"),
-        click.option("--adapt-bn", is_flag=True, help="let BatchNorm running statistics of the trained layers adapt during training (default: frozen)"),
-        click.option("--keep-checkpoints", is_flag=True, help="keep <record>.ckpt/best.pt (the selected model) after a cell finishes; otherwise checkpoints are deleted"),
-        click.option("--loss-layer", default="auto", show_default=True, help="layer the objective trains (auto = best frozen layer on validation)"),
-        click.option("--layer", "layers", multiple=True, metavar="NAME", help="layers to score (repeatable; default: the backbone's layer set)"),
-        click.option("--metric", default="spearman", show_default=True, help="RDM comparison metric (see `rsabench list metrics`)"),
-        click.option("--val-fraction", type=FiniteFloat(0, 1, True, True), default=0.2, show_default=True, help="fraction of training images held out for validation"),
-        click.option("--test-fraction", type=FiniteFloat(0, 1, high_open=True), default=0.25, show_default=True, help="fraction of images held out for test (datasets without a test set)"),
-        click.option("--split-seed", type=SEED, default=0, show_default=True, help="seed of the train/validation/test image split"),
-        click.option("--bootstrap-seed", type=SEED, default=0, show_default=True, help="seed of the bootstrap resamples of the intervals"),
-        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="where cells run (auto: CUDA when available)"),
-        click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="where cell records and checkpoints are written (and found again)"),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)"),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="feature cache of networks as built (default: $RSABENCH_CACHE/features, else the user cache dir)"),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["adam", "adamw", "sgd"]),
+            default="adam",
+            show_default=True,
+            help="optimizer of the trainable parameters",
+        ),
+        click.option(
+            "--weight-decay",
+            type=FiniteFloat(0),
+            default=0.0,
+            show_default=True,
+            help="L2 weight decay (decoupled with adamw)",
+        ),
+        click.option(
+            "--patience",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="early stopping after N epochs without validation gain (0 = off)",
+        ),
+        click.option(
+            "--trainable",
+            default="all",
+            show_default=True,
+            metavar="POLICY",
+            help="all | none | up-to:<layer> | from:<layer>",
+        ),
+        click.option(
+            "--lr-schedule",
+            type=click.Choice(["constant", "cosine", "step"]),
+            default="constant",
+            show_default=True,
+            help="per-epoch learning-rate schedule after warm-up",
+        ),
+        click.option(
+            "--warmup-epochs",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="linear warm-up: epoch e <= N runs at lr*e/(N+1)",
+        ),
+        click.option(
+            "--lr-step",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            metavar="EPOCHS",
+            help="step schedule: epochs between decays (0 = a third of the post-warm-up epochs)",
+        ),
+        click.option(
+            "--lr-gamma",
+            type=FiniteFloat(0, 1, low_open=True),
+            default=0.1,
+            show_default=True,
+            help="step schedule: lr factor per decay",
+        ),
+        click.option(
+            "--grad-clip",
+            type=FiniteFloat(0),
+            default=0.0,
+            show_default=True,
+            metavar="NORM",
+            help="clip the global gradient L2 norm (0 = off)",
+        ),
+        click.option(
+            "--amp",
+            type=click.Choice(["off", "bf16", "fp16"]),
+            default="off",
+            show_default=True,
+            help="mixed precision for training steps (CUDA only; scores are always computed in float32)",
+        ),
+        click.option(
+            "--channels-last/--no-channels-last",
+            default=None,
+            help="NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)",
+        ),
+        click.option(
+            "--adapt-bn",
+            is_flag=True,
+            help="let BatchNorm running statistics of the trained layers adapt during training (default: frozen)",
+        ),
+        click.option(
+            "--keep-checkpoints",
+            is_flag=True,
+            help="keep <record>.ckpt/best.pt (the selected model) after a cell finishes; else checkpoints are deleted",
+        ),
+        click.option(
+            "--loss-layer",
+            default="auto",
+            show_default=True,
+            help="layer the objective trains (auto = best frozen layer on validation)",
+        ),
+        click.option(
+            "--layer",
+            "layers",
+            multiple=True,
+            metavar="NAME",
+            help="layers to score (repeatable; default: the backbone's layer set)",
+        ),
+        click.option(
+            "--metric",
+            default="spearman",
+            show_default=True,
+            help="RDM comparison metric (see `rsabench list metrics`)",
+        ),
+        click.option(
+            "--val-fraction",
+            type=FiniteFloat(0, 1, True, True),
+            default=0.2,
+            show_default=True,
+            help="fraction of training images held out for validation",
+        ),
+        click.option(
+            "--test-fraction",
+            type=FiniteFloat(0, 1, high_open=True),
+            default=0.25,
+            show_default=True,
+            help="fraction of images held out for test (datasets without a test set)",
+        ),
+        click.option(
+            "--split-seed",
+            type=SEED,
+            default=0,
+            show_default=True,
+            help="seed of the train/validation/test image split",
+        ),
+        click.option(
+            "--bootstrap-seed",
+            type=SEED,
+            default=0,
+            show_default=True,
+            help="seed of the bootstrap resamples of the intervals",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            metavar="auto|cpu|cuda[:N]",
+            help="where cells run (auto: CUDA when available)",
+        ),
+        click.option(
+            "--runs-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("runs"),
+            show_default=True,
+            help="where cell records and checkpoints are written (and found again)",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="data directory (else $RSABENCH_DATA, else the user cache dir)",
+        ),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="feature cache of networks as built (default: $RSABENCH_CACHE/features, else the user cache dir)",
+        ),
         click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache"),
-        click.option("--executor", default="local", show_default=True, help="where cells run (see `rsabench list executors`)"),
-        click.option("--dataset-option", "dataset_options", multiple=True, callback=_key_value, metavar="[DATASET.]KEY=VALUE", help="dataset option (repeatable); KEY alone goes to every dataset of the run that takes it"),
-        click.option("--objective-option", "objective_options", multiple=True, callback=_key_value, metavar="[OBJECTIVE.]KEY=VALUE", help="objective option (repeatable); KEY alone goes to every objective of the run that takes it"),
+        click.option(
+            "--executor", default="local", show_default=True, help="where cells run (see `rsabench list executors`)"
+        ),
+        click.option(
+            "--dataset-option",
+            "dataset_options",
+            multiple=True,
+            callback=_key_value,
+            metavar="[DATASET.]KEY=VALUE",
+            help="dataset option (repeatable); KEY alone goes to every dataset of the run that takes it",
+        ),
+        click.option(
+            "--objective-option",
+            "objective_options",
+            multiple=True,
+            callback=_key_value,
+            metavar="[OBJECTIVE.]KEY=VALUE",
+            help="objective option (repeatable); KEY alone goes to every objective of the run that takes it",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -117,16 +323,36 @@ def _session(kw: dict[str, Any]):
     from .runner import RunOptions, Session
 
     options = RunOptions(
-        weights=kw["weights"], epochs=kw["epochs"], image_size=kw["image_size"], batch_size=kw["batch_size"],
-        lr=kw["lr"], optimizer=kw["optimizer"], weight_decay=kw["weight_decay"], patience=kw["patience"],
-        trainable=kw["trainable"], loss_layer=kw["loss_layer"], layers=tuple(kw["layers"]), metric=kw["metric"],
-        val_fraction=kw["val_fraction"], test_fraction=kw["test_fraction"], split_seed=kw["split_seed"],
-        bootstrap_seed=kw["bootstrap_seed"], device=kw["device"],
+        weights=kw["weights"],
+        epochs=kw["epochs"],
+        image_size=kw["image_size"],
+        batch_size=kw["batch_size"],
+        lr=kw["lr"],
+        optimizer=kw["optimizer"],
+        weight_decay=kw["weight_decay"],
+        patience=kw["patience"],
+        trainable=kw["trainable"],
+        loss_layer=kw["loss_layer"],
+        layers=tuple(kw["layers"]),
+        metric=kw["metric"],
+        val_fraction=kw["val_fraction"],
+        test_fraction=kw["test_fraction"],
+        split_seed=kw["split_seed"],
+        bootstrap_seed=kw["bootstrap_seed"],
+        device=kw["device"],
         data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
-        dataset_options=kw["dataset_options"], objective_options=kw["objective_options"],
-        lr_schedule=kw["lr_schedule"], warmup_epochs=kw["warmup_epochs"], lr_step=kw["lr_step"], lr_gamma=kw["lr_gamma"],
-        grad_clip=kw["grad_clip"], amp=kw["amp"], channels_last=kw["channels_last"], adapt_bn=kw["adapt_bn"],
-        keep_checkpoints=kw["keep_checkpoints"], cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
+        dataset_options=kw["dataset_options"],
+        objective_options=kw["objective_options"],
+        lr_schedule=kw["lr_schedule"],
+        warmup_epochs=kw["warmup_epochs"],
+        lr_step=kw["lr_step"],
+        lr_gamma=kw["lr_gamma"],
+        grad_clip=kw["grad_clip"],
+        amp=kw["amp"],
+        channels_last=kw["channels_last"],
+        adapt_bn=kw["adapt_bn"],
+        keep_checkpoints=kw["keep_checkpoints"],
+        cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
         feature_cache=not kw["no_cache"],
     )
     plugins = _plugins()
@@ -182,9 +408,24 @@ class RichReporter:
         if self.quiet:
             yield lambda n: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as progress:
+        with Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
             task = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task, n)
 
@@ -208,7 +449,14 @@ def cli() -> None:
 @cli.command()
 @run_options
 @click.option("--force", is_flag=True, help="re-run cells that already have a record")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True, help="format of the summary printed at the end")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="format of the summary printed at the end",
+)
 def run(force: bool, fmt: str, **kw: Any) -> None:
     """Fine-tune and score every combination of the given datasets, backbones, objectives and seeds."""
     from .leaderboard import collect_rows
@@ -236,15 +484,49 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
 
 @cli.command("run-cell", hidden=True)
 @click.argument("config_file", metavar="CONFIG.json", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="where the record is written")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory (else $RSABENCH_DATA, else the user cache dir)")
-@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="where the cell runs (default: the record's runtime, else auto)")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="feature-extraction batch size (default: the record's runtime, else 32)")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)")
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="where the record is written",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="data directory (else $RSABENCH_DATA, else the user cache dir)",
+)
+@click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda[:N]",
+    help="where the cell runs (default: the record's runtime, else auto)",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="feature-extraction batch size (default: the record's runtime, else 32)",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)",
+)
 @click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache")
 @click.option("--force", is_flag=True, help="run even if the runs dir already has this cell's record")
-def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, device: str | None, batch_size: int | None,
-                 cache_dir: Path | None, no_cache: bool, force: bool) -> None:
+def run_cell_cmd(
+    config_file: Path,
+    runs_dir: Path,
+    data_dir: Path | None,
+    device: str | None,
+    batch_size: int | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+    force: bool,
+) -> None:
     """Run one cell from its resolved config (a record, or the config alone) and write its record.
 
     The unit an executor ships to a worker: everything the cell's numbers depend on is in the config.
@@ -259,7 +541,9 @@ def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, devic
     try:
         doc = parse_strict_json(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{config_file}: cannot read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'})") from None
+        raise UsageError(
+            f"{config_file}: cannot read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'})"
+        ) from None
     except ValueError as exc:
         raise UsageError(f"{config_file}: not valid JSON ({exc})") from None
     is_record = isinstance(doc, dict) and "schema" in doc
@@ -270,7 +554,11 @@ def run_cell_cmd(config_file: Path, runs_dir: Path, data_dir: Path | None, devic
         raise UsageError(f"{config_file}: not a cell config or record: {exc}") from None
     recorded = doc.get("manifest", {}).get("runtime", {}) if is_record and isinstance(doc.get("manifest"), dict) else {}
     runtime = Runtime.from_dict(recorded if isinstance(recorded, dict) else {})
-    runtime = Runtime(device=device or runtime.device, batch_size=batch_size or runtime.batch_size, channels_last=runtime.channels_last)
+    runtime = Runtime(
+        device=device or runtime.device,
+        batch_size=batch_size or runtime.batch_size,
+        channels_last=runtime.channels_last,
+    )
     if runtime.device not in ("auto", "cpu") and not runtime.device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got {runtime.device!r}")
     path = record_path(runs_dir, config, config_hash(config))
@@ -288,8 +576,12 @@ def cache() -> None:
     """The feature cache: per-layer RDMs of networks as built, shared by the cells that need them."""
 
 
-CACHE_DIR_OPTION = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                                help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)")
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)",
+)
 
 
 @cache.command("info")
@@ -337,12 +629,23 @@ def plan(**kw: Any) -> None:
         table.add_column(col)
     for c in cells:
         cfg = c.config
-        table.add_row(cfg["dataset"], cfg["target"], cfg["backbone"], cfg["objective"], str(cfg["seed"]), "cached" if c.cached else "to run", c.cell[:12])
+        table.add_row(
+            cfg["dataset"],
+            cfg["target"],
+            cfg["backbone"],
+            cfg["objective"],
+            str(cfg["seed"]),
+            "cached" if c.cached else "to run",
+            c.cell[:12],
+        )
     console = _console()
     console.print(table)
     todo = [c for c in cells if not c.cached]
     trains = sum(1 for c in todo if c.config["trains"])
-    console.print(f"{len(cells)} cell(s): {len(cells) - len(todo)} cached, {len(todo)} to run ({trains} train for {kw['epochs']} epoch(s) each)")
+    console.print(
+        f"{len(cells)} cell(s): {len(cells) - len(todo)} cached, {len(todo)} to run ({trains} train for {kw['epochs']} "
+        "epoch(s) each)"
+    )
 
 
 @cli.command("list")
@@ -383,7 +686,11 @@ def _list_rows(registry, pattern: str) -> list[tuple[str, str, str]]:
     rows: dict[str, tuple[str, str, str]] = {}
     for name, entry in sorted(registry.entries.items()):
         if fnmatch.fnmatch(name, pattern) or any(fnmatch.fnmatch(a, pattern) for a in entry.aliases):
-            rows[name] = (name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""), entry.summary, entry.plugin)
+            rows[name] = (
+                name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""),
+                entry.summary,
+                entry.plugin,
+            )
     head, colon, rest = pattern.partition(":")
     for prefix, ns in sorted(registry.namespaces.items()):
         if pattern == "*":
@@ -403,16 +710,35 @@ def _list_layers(plugins, backbone: str, console) -> None:
         if name:
             mark = "*" if name in default else " "
             console.print(f"{mark} {name}  [dim]{type(module).__name__}[/]")
-    console.print(f"[dim]* = default layer set ({len(built.default_layers)} layers: {', '.join(built.default_layers)})[/]")
+    console.print(
+        f"[dim]* = default layer set ({len(built.default_layers)} layers: {', '.join(built.default_layers)})[/]"
+    )
 
 
 OUTPUT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json"}
 
 
 @cli.command()
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="directory of cell records")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default=None, help="output format (default: table on the terminal; with --output, from its suffix, else markdown)")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write to a file instead of stdout (written atomically)")
+@click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="directory of cell records",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json"]),
+    default=None,
+    help="output format (default: table on the terminal; with --output, from its suffix, else markdown)",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write to a file instead of stdout (written atomically)",
+)
 def leaderboard(runs_dir: Path, fmt: str | None, output: Path | None) -> None:
     """Render the leaderboard from a directory of cell records (invalid records are named and skipped)."""
     from .leaderboard import collect_rows, render
@@ -457,14 +783,29 @@ def _write_text_atomic(path: Path, text: str) -> None:
 @click.argument("submission", type=click.Path(path_type=Path))
 @click.option("--dataset", required=True, metavar="NAME", help="dataset the submission answers")
 @click.option("--split", default=None, metavar="NAME", help="split or group scored (e.g. test, test2, train-92)")
-@click.option("--convention", "conventions", multiple=True, metavar="NAME", help="scoring convention (repeatable; default: the dataset's)")
+@click.option(
+    "--convention",
+    "conventions",
+    multiple=True,
+    metavar="NAME",
+    help="scoring convention (repeatable; default: the dataset's)",
+)
 @click.option("--metric", default="spearman", show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--bootstrap-seed", type=SEED, default=0, show_default=True, help="seed of the bootstrap resamples")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def score(submission: Path, dataset: str, split: str | None, conventions: tuple[str, ...], metric: str, data_dir: Path | None, bootstrap_seed: int, fmt: str) -> None:
+def score(
+    submission: Path,
+    dataset: str,
+    split: str | None,
+    conventions: tuple[str, ...],
+    metric: str,
+    data_dir: Path | None,
+    bootstrap_seed: int,
+    fmt: str,
+) -> None:
     """Score precomputed RDMs (Algonauts submit_*.mat/.npy format) against a dataset's targets."""
-    from .runner import Session, RunOptions
+    from .runner import RunOptions, Session
     from .submission import score_submission
 
     if not submission.is_file():
@@ -479,7 +820,18 @@ def score(submission: Path, dataset: str, split: str | None, conventions: tuple[
 
         click.echo(json.dumps(rows, indent=1))
         return
-    columns = ["convention", "target", "raw", "rho", "normalized", "ceiling_lower", "ceiling_upper", "ci_low", "ci_high", "p_value"]
+    columns = [
+        "convention",
+        "target",
+        "raw",
+        "rho",
+        "normalized",
+        "ceiling_lower",
+        "ceiling_upper",
+        "ci_low",
+        "ci_high",
+        "p_value",
+    ]
     if fmt == "csv":
         import csv
 
@@ -496,7 +848,10 @@ def score(submission: Path, dataset: str, split: str | None, conventions: tuple[
     for row in rows:
         table.add_row(*(fmt_value(row.get(c)) for c in columns))
     _console().print(table)
-    _console().print("raw: R² under algonauts2019 (mean over subjects of squared Spearman), mean correlation under computed; normalized: % of the upper ceiling")
+    _console().print(
+        "raw: R² under algonauts2019 (mean over subjects of squared Spearman), mean correlation under computed; "
+        "normalized: % of the upper ceiling"
+    )
 
 
 @cli.group()
@@ -554,7 +909,9 @@ def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
 @click.argument("name")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--no-checksums", is_flag=True, help="accept files that differ from the recorded release (invariants still apply)")
+@click.option(
+    "--no-checksums", is_flag=True, help="accept files that differ from the recorded release (invariants still apply)"
+)
 def data_import(name: str, source: Path, data_dir: Path | None, no_checksums: bool) -> None:
     """Verify an extracted release folder or its .zip, then place it in the data directory."""
     from .datastore import import_release
@@ -625,14 +982,22 @@ def _main(argv: list[str] | None) -> None:
             _interrupted(Interrupted(RECEIVED_SIGNALS[-1]))
         if os.environ.get("RSABENCH_DEBUG"):
             raise
-        where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc) else ""
-        click.echo(f"failed: {type(exc).__name__}: {where}{_one_line(exc)} (set RSABENCH_DEBUG=1 for a traceback)", err=True)
+        where = (
+            f"{exc.filename}: "
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc)
+            else ""
+        )
+        click.echo(
+            f"failed: {type(exc).__name__}: {where}{_one_line(exc)} (set RSABENCH_DEBUG=1 for a traceback)", err=True
+        )
         sys.exit(1)
 
 
 def _interrupted(exc: BaseException) -> None:
     signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-    click.echo(f"interrupted ({signal.Signals(signum).name}); completed cells are kept, rerun the command to resume", err=True)
+    click.echo(
+        f"interrupted ({signal.Signals(signum).name}); completed cells are kept, rerun the command to resume", err=True
+    )
     sys.exit(128 + signum)
 
 

@@ -104,12 +104,14 @@ class Algonauts2019Scorer(TargetScorer):
     ) -> None:
         if getattr(metric, "name", None) != "spearman":
             raise UsageError(
-                f"the algonauts2019 convention is defined for the spearman metric, not {getattr(metric, 'name', metric)!r} "
+                "the algonauts2019 convention is defined for the spearman metric, not "
+                f"{getattr(metric, 'name', metric)!r} "
                 "(use --metric spearman, or the computed convention)"
             )
         self.noise_ceiling_constant = noise_ceiling
         self.ceiling_source = (
-            "devkit constant (testSub_*.py)" if noise_ceiling is not None
+            "devkit constant (testSub_*.py)"
+            if noise_ceiling is not None
             else "computed from the data the devkit way (plain subject mean, squared Spearman) on the scored pairs"
         )
         super().__init__(rdms, metric, index, bootstrap_seed, bootstrap_samples)
@@ -187,11 +189,11 @@ def scorer_for(
             f"({', '.join(ALGONAUTS_MODALITY)}), not {name!r}; use the computed convention"
         )
     n = np.asarray(rdms).shape[-1]
-    whole = OFFICIAL_SIZES.get(group) == n and (index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n)))
-    constant = devkit_constant(name, group, target) if whole else None
-    return Algonauts2019Scorer(
-        rdms, metric, index, bootstrap_seed, bootstrap_samples, noise_ceiling=constant
+    whole = OFFICIAL_SIZES.get(group) == n and (
+        index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n))
     )
+    constant = devkit_constant(name, group, target) if whole else None
+    return Algonauts2019Scorer(rdms, metric, index, bootstrap_seed, bootstrap_samples, noise_ceiling=constant)
 
 
 def track_score(scores: Sequence[Score], bootstrap_seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Score:

@@ -53,7 +53,9 @@ def read_manifest(manifest: str = MANIFEST) -> dict[str, str]:
 def write_manifest(root: str | os.PathLike, out: str | os.PathLike) -> int:
     """Record sha256 of every file under ``root``'s release folders (maintainers); returns the count."""
     root = Path(root)
-    files = sorted(p for part in RELEASE_PARTS if (root / part).is_dir() for p in (root / part).rglob("*") if p.is_file())
+    files = sorted(
+        p for part in RELEASE_PARTS if (root / part).is_dir() for p in (root / part).rglob("*") if p.is_file()
+    )
     lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}" for p in files]
     Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
@@ -113,7 +115,11 @@ def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "description": ds.description,
         "targets": ds.target_names(),
         "groups": {
-            g: {"images": s.n, "has_images": s.load_images is not None, "subjects": max((t.n_subjects for t in ds.targets if t.group == g), default=0)}
+            g: {
+                "images": s.n,
+                "has_images": s.load_images is not None,
+                "subjects": max((t.n_subjects for t in ds.targets if t.group == g), default=0),
+            }
             for g, s in ds.groups.items()
         },
         "splits": {"train": ds.train_groups, **ds.test_splits},
@@ -146,7 +152,7 @@ def _verify_algonauts(root: Path, modalities: list[str], manifest: dict[str, str
     for m in modalities:
         mod = algonauts.modality_for(m)
         found = 0
-        for gname, layout in algonauts.GROUPS.items():
+        for layout in algonauts.GROUPS.values():
             path = root / layout.target_file(mod.stem)
             if not path.is_file():
                 continue
@@ -164,7 +170,8 @@ def _verify_algonauts(root: Path, modalities: list[str], manifest: dict[str, str
                     problems.append(str(exc))
         if not found:
             problems.append(
-                f"{root}: no {mod.stem}*.mat found for {mod.name} (expected e.g. {algonauts.GROUPS['92'].target_file(mod.stem)})"
+                f"{root}: no {mod.stem}*.mat found for {mod.name} (expected e.g. "
+                f"{algonauts.GROUPS['92'].target_file(mod.stem)})"
             )
     problems.extend(_decode_images(root))
     return list(dict.fromkeys(problems))
@@ -204,7 +211,9 @@ def verify(name: str, data_dir: str | os.PathLike | None = None, *, checksums: b
     if module is not None and callable(getattr(module, "missing_files", None)):
         missing = list(module.missing_files(data_dir))
         if missing:
-            described = _call_with_data_dir(module.describe, data_dir) if callable(getattr(module, "describe", None)) else {}
+            described = (
+                _call_with_data_dir(module.describe, data_dir) if callable(getattr(module, "describe", None)) else {}
+            )
             base = default_data_dir(data_dir) / described.get("directory", "")
             return [f"{base / rel}: missing" for rel in missing]
     from .plugins import get_plugins
@@ -252,7 +261,9 @@ def find_release_parts(folder: Path, max_depth: int = 3) -> dict[str, Path]:
                 stack.append((child, depth + 1))
     for part, paths in found.items():
         if len(paths) > 1:
-            raise DataError(f"{folder}: several {part}/ folders found ({', '.join(map(str, paths))}); import one release at a time")
+            raise DataError(
+                f"{folder}: several {part}/ folders found ({', '.join(map(str, paths))}); import one release at a time"
+            )
     return {part: paths[0] for part, paths in found.items()}
 
 
@@ -360,7 +371,9 @@ def _import_locked(name: str, src: Path, final: Path, checksums: bool) -> dict[s
             src_root = src
         parts = find_release_parts(src_root)
         if not parts:
-            raise DataError(f"{src}: no Training_Data/ or Test_Data/ folder found (expected the official release layout)")
+            raise DataError(
+                f"{src}: no Training_Data/ or Test_Data/ folder found (expected the official release layout)"
+            )
         staging = work / final.name
         existing = set(_copy_tree(final, staging)) if final.is_dir() else set()
         staging.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,6 @@ def content_checksums(
 
 def _list_digest(names: Iterable[str], digests: list[str]) -> str:
     h = hashlib.sha256()
-    for name, digest in zip(names, digests):
+    for name, digest in zip(names, digests, strict=True):
         h.update(f"{name}\t{digest}\n".encode())
     return h.hexdigest()

@@ -12,7 +12,9 @@ class Executor:
 
     name = ""
 
-    def run(self, session: Session, cells: list[PlannedCell], done: Callable[[PlannedCell, dict[str, Any]], None]) -> None:
+    def run(
+        self, session: Session, cells: list[PlannedCell], done: Callable[[PlannedCell, dict[str, Any]], None]
+    ) -> None:
         raise NotImplementedError
 
 
@@ -24,6 +26,8 @@ class LocalExecutor(Executor):
     def __init__(self, **options: Any) -> None:
         self.options = options
 
-    def run(self, session: Session, cells: list[PlannedCell], done: Callable[[PlannedCell, dict[str, Any]], None]) -> None:
+    def run(
+        self, session: Session, cells: list[PlannedCell], done: Callable[[PlannedCell, dict[str, Any]], None]
+    ) -> None:
         for cell in cells:
             done(cell, session.run(cell))

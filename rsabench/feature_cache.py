@@ -136,9 +136,14 @@ class FeatureCache:
         if self.unwritable:
             return
         i, j = np.triu_indices(rdms.shape[-1], 1)
-        for key, rdm in zip(keys, rdms):
+        for key, rdm in zip(keys, rdms, strict=True):
             tri = np.ascontiguousarray(rdm[i, j], dtype=np.float32)
-            meta = {"format": FORMAT, "key": key, "sha256": hashlib.sha256(tri.tobytes()).hexdigest(), "description": json.dumps(description)}
+            meta = {
+                "format": FORMAT,
+                "key": key,
+                "sha256": hashlib.sha256(tri.tobytes()).hexdigest(),
+                "description": json.dumps(description),
+            }
             try:
                 with atomic_open(self._path(key), "wb") as fh:
                     fh.write(save({"rdm": tri}, metadata=meta))

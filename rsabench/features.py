@@ -113,7 +113,10 @@ def extract_rdms(
             for layer, out in taps(x).items():
                 out = out.float()
                 if not bool(torch.isfinite(out).all()):
-                    raise CellFailure(f"layer {layer} produced non-finite features (NaN or inf): the network's weights are broken or diverged")
+                    raise CellFailure(
+                        f"layer {layer} produced non-finite features (NaN or inf): the network's weights are broken or "
+                        "diverged"
+                    )
                 store.add(layer, unit_features(out).cpu().numpy())
             if advance:
                 advance(len(x))

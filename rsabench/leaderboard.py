@@ -14,13 +14,46 @@ from .scoring import Score, paired_delta
 
 FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = [
-    "dataset", "target", "split", "group", "backbone", "objective", "seed", "layer", "epoch",
-    "raw", "ceiling_lower", "ceiling_upper", "normalized", "ci_low", "ci_high",
-    "delta_vs_frozen", "delta_ci_low", "delta_ci_high", "convention", "metric", "weights",
-    "n_subjects", "n_images", "cell",
+    "dataset",
+    "target",
+    "split",
+    "group",
+    "backbone",
+    "objective",
+    "seed",
+    "layer",
+    "epoch",
+    "raw",
+    "ceiling_lower",
+    "ceiling_upper",
+    "normalized",
+    "ci_low",
+    "ci_high",
+    "delta_vs_frozen",
+    "delta_ci_low",
+    "delta_ci_high",
+    "convention",
+    "metric",
+    "weights",
+    "n_subjects",
+    "n_images",
+    "cell",
 ]
 # what must match for a paired comparison with the frozen baseline
-PAIR_KEYS = ("dataset", "target", "split", "group", "convention", "metric", "backbone", "seed", "weights", "image_size", "layers_key", "split_key")
+PAIR_KEYS = (
+    "dataset",
+    "target",
+    "split",
+    "group",
+    "convention",
+    "metric",
+    "backbone",
+    "seed",
+    "weights",
+    "image_size",
+    "layers_key",
+    "split_key",
+)
 
 
 def rows_from_record(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,7 +111,9 @@ def add_deltas(rows: list[dict[str, Any]]) -> None:
         r["delta_vs_frozen"], r["delta_ci_low"], r["delta_ci_high"] = paired_delta(a, b, seed=r["_bootstrap_seed"])
 
 
-def collect_rows(runs_dir: Path, cells: Iterable[str] | None = None, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def collect_rows(
+    runs_dir: Path, cells: Iterable[str] | None = None, warn: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
     """Leaderboard rows for every valid record under ``runs_dir`` (or only the given cells), sorted;
     every other JSON file there is reported through ``warn``."""
     wanted = set(cells) if cells is not None else None
@@ -87,7 +122,19 @@ def collect_rows(runs_dir: Path, cells: Iterable[str] | None = None, warn: Calla
         if wanted is None or record["cell"] in wanted:
             rows.extend(rows_from_record(record))
     add_deltas(rows)
-    rows.sort(key=lambda r: (r["dataset"], r["target"], r["split"], r["group"], r["convention"], r["backbone"], r["objective"] != "frozen", r["objective"], r["seed"]))
+    rows.sort(
+        key=lambda r: (
+            r["dataset"],
+            r["target"],
+            r["split"],
+            r["group"],
+            r["convention"],
+            r["backbone"],
+            r["objective"] != "frozen",
+            r["objective"],
+            r["seed"],
+        )
+    )
     return [{k: r[k] for k in COLUMNS} for r in rows]
 
 
@@ -100,9 +147,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 DISPLAY = [
-    ("dataset", "dataset"), ("target", "target"), ("split", "split"), ("group", "group"), ("backbone", "backbone"),
-    ("objective", "objective"), ("seed", "seed"), ("layer", "layer"), ("epoch", "ep"), ("raw", "raw"),
-    ("ci", "95% CI"), ("ceiling", "ceiling [lo, up]"), ("normalized", "% ceiling"), ("delta", "Δ vs frozen [95% CI]"),
+    ("dataset", "dataset"),
+    ("target", "target"),
+    ("split", "split"),
+    ("group", "group"),
+    ("backbone", "backbone"),
+    ("objective", "objective"),
+    ("seed", "seed"),
+    ("layer", "layer"),
+    ("epoch", "ep"),
+    ("raw", "raw"),
+    ("ci", "95% CI"),
+    ("ceiling", "ceiling [lo, up]"),
+    ("normalized", "% ceiling"),
+    ("delta", "Δ vs frozen [95% CI]"),
     ("convention", "convention"),
 ]
 
@@ -112,7 +170,11 @@ def display_values(row: dict[str, Any]) -> dict[str, str]:
     out["ci"] = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
     out["ceiling"] = f"[{_fmt(row['ceiling_lower'])}, {_fmt(row['ceiling_upper'])}]"
     out["normalized"] = _fmt(row["normalized"], 1)
-    out["delta"] = "" if row["delta_vs_frozen"] is None else f"{row['delta_vs_frozen']:+.4f} [{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]"
+    out["delta"] = (
+        ""
+        if row["delta_vs_frozen"] is None
+        else f"{row['delta_vs_frozen']:+.4f} [{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]"
+    )
     return out
 
 
@@ -146,7 +208,9 @@ def rich_table(rows: list[dict[str, Any]], title: str = "rsabench leaderboard"):
     caption = "  ".join(f"{h}: {values[0][k]}" for k, h in constant) if values else None
     table = Table(title=title, caption=caption, show_lines=False)
     for key, header in shown:
-        table.add_column(header, justify="right" if key in ("raw", "seed", "epoch", "normalized") else "left", no_wrap=True)
+        table.add_column(
+            header, justify="right" if key in ("raw", "seed", "epoch", "normalized") else "left", no_wrap=True
+        )
     for v in values:
         table.add_row(*(v[k] for k, _ in shown))
     return table

@@ -66,7 +66,9 @@ def _read_hdf5(path: Path) -> dict[str, np.ndarray | str]:
     except DataError:
         raise
     except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
-        raise DataError(f"{path}: cannot read as a MATLAB v7.3 (HDF5) file; truncated or corrupt? ({_short(exc)})") from None
+        raise DataError(
+            f"{path}: cannot read as a MATLAB v7.3 (HDF5) file; truncated or corrupt? ({_short(exc)})"
+        ) from None
     return out
 
 
@@ -82,7 +84,8 @@ def _read_v5(path: Path) -> dict[str, np.ndarray | str]:
         if name.startswith("__"):
             continue
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
-            out[name] = f"a MATLAB {'struct/cell' if getattr(value, 'dtype', None) is not None and value.dtype.kind in 'OV' else type(value).__name__}"
+            is_container = getattr(value, "dtype", None) is not None and value.dtype.kind in "OV"
+            out[name] = f"a MATLAB {'struct/cell' if is_container else type(value).__name__}"
             continue
         out[name] = value
     return out
@@ -93,7 +96,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray | str]:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read as a NumPy .npz file; truncated, corrupt or pickled? ({_short(exc)})") from None
+        raise DataError(
+            f"{path}: cannot read as a NumPy .npz file; truncated, corrupt or pickled? ({_short(exc)})"
+        ) from None
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -101,7 +106,10 @@ def _read_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise DataError(f"{path}: holds pickled Python objects; save plain arrays (np.save of an array, or np.savez with named keys)") from None
+            raise DataError(
+                f"{path}: holds pickled Python objects; save plain arrays (np.save of an array, or np.savez with named "
+                "keys)"
+            ) from None
         raise DataError(f"{path}: cannot read as a NumPy .npy file; truncated or corrupt? ({_short(exc)})") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read as a NumPy .npy file; truncated or corrupt? ({_short(exc)})") from None
@@ -157,7 +165,9 @@ def check_rdms(
     zero diagonal. ``where`` names the file and variable in the error message.
     """
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise DataError(f"{where}: expected a numeric array of RDMs, got {arr if isinstance(arr, str) else type(arr).__name__}")
+        raise DataError(
+            f"{where}: expected a numeric array of RDMs, got {arr if isinstance(arr, str) else type(arr).__name__}"
+        )
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim or ())
     if ndims and arr.ndim not in ndims:
         want = " or ".join(f"{d} axes" for d in ndims)
@@ -260,7 +270,11 @@ def array_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         if fmt == "mat-v5":
             import scipy.io
 
-            return {name: tuple(shape) for name, shape, cls in scipy.io.whosmat(path) if cls not in ("struct", "cell", "char")}
+            return {
+                name: tuple(shape)
+                for name, shape, cls in scipy.io.whosmat(path)
+                if cls not in ("struct", "cell", "char")
+            }
     except Exception as exc:
         raise DataError(f"{path}: cannot read as a MATLAB file; truncated or corrupt? ({_short(exc)})") from None
     return {k: v.shape for k, v in read_arrays(path).items() if isinstance(v, np.ndarray)}
@@ -282,16 +296,39 @@ class _Dtype:
 
 _MARK = object()
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
-_PUSH_ARG = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT", "SHORT_BINUNICODE",
-             "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING", "SHORT_BINBYTES",
-             "BINBYTES", "BINBYTES8"}
+_PUSH_ARG = {
+    "BININT",
+    "BININT1",
+    "BININT2",
+    "LONG1",
+    "LONG4",
+    "INT",
+    "LONG",
+    "BINFLOAT",
+    "FLOAT",
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "SHORT_BINBYTES",
+    "BINBYTES",
+    "BINBYTES8",
+}
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 
 
 def _reduce(func: object, args: object) -> object:
     """What REDUCE would build, for the few numpy callables a pickled scalar-keyed dict uses; else opaque."""
     if isinstance(func, _Global) and isinstance(args, tuple):
-        if (func.module, func.name) == ("_codecs", "encode") and len(args) == 2 and args[1] == "latin1" and isinstance(args[0], str):
+        if (
+            (func.module, func.name) == ("_codecs", "encode")
+            and len(args) == 2
+            and args[1] == "latin1"
+            and isinstance(args[0], str)
+        ):
             return args[0].encode("latin1")  # how protocol 2 spells bytes
         if (func.module, func.name) == ("numpy", "dtype") and args and isinstance(args[0], str):
             return _Dtype(args[0])
@@ -368,7 +405,7 @@ def _pickled_dicts(data: bytes) -> list[dict]:
         elif name == "SETITEMS":
             items = pop_mark()
             if isinstance(stack[-1], dict):
-                stack[-1].update(zip(items[::2], items[1::2]))
+                stack[-1].update(zip(items[::2], items[1::2], strict=True))
         elif name == "APPEND":
             value = stack.pop()
             if isinstance(stack[-1], list):
@@ -391,13 +428,17 @@ def read_npy_dict(path: str | os.PathLike) -> dict:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(fh)
             payload = fh.read()
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read as a NumPy .npy file ({_short(exc)})") from None
     if dtype != np.dtype(object) or shape != ():
-        raise DataError(f"{path}: expected a pickled dict {{label: name}} (a 0-d object array), got dtype {dtype} shape {shape}")
+        raise DataError(
+            f"{path}: expected a pickled dict {{label: name}} (a 0-d object array), got dtype {dtype} shape {shape}"
+        )
     try:
         dicts = _pickled_dicts(payload)
     except (ValueError, IndexError, KeyError, TypeError) as exc:

@@ -53,7 +53,9 @@ def profile(model: "nn.Module", layers: Sequence[str], size: int) -> Profile:
         try:
             state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
             with torch.no_grad():
-                torch.func.functional_call(model.eval(), state, (torch.empty(1, 3, size, size, device="meta"),), strict=False)
+                torch.func.functional_call(
+                    model.eval(), state, (torch.empty(1, 3, size, size, device="meta"),), strict=False
+                )
         except _Enough:
             pass
         except NotImplementedError:

@@ -147,7 +147,9 @@ def _run_hook(plugins: Plugins, registry: Registry, plugin: str, function) -> No
     try:
         function(register)
     except Exception as exc:
-        plugins.error(plugin, f"register_{registry.kind}s raised {_describe(exc)}; none of its {registry.kind}s were registered")
+        plugins.error(
+            plugin, f"register_{registry.kind}s raised {_describe(exc)}; none of its {registry.kind}s were registered"
+        )
         return
     problems = registry.conflicts(register.staged, plugin)
     if problems:

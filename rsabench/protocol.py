@@ -17,7 +17,9 @@ VALIDATION_CONVENTION = "computed"
 
 
 # -- protocol: splits ---------------------------------------------------------------------------
-def split_images(dataset: Dataset, seed: int, val_fraction: float, test_fraction: float) -> dict[str, dict[str, np.ndarray]]:
+def split_images(
+    dataset: Dataset, seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, dict[str, np.ndarray]]:
     """Per training group: sorted image indices for ``train``, ``validation`` and (held-out datasets) ``test``."""
     holdout = not dataset.test_splits
     splits: dict[str, dict[str, np.ndarray]] = {}
@@ -50,11 +52,22 @@ def test_sets(dataset: Dataset, splits: dict[str, dict[str, np.ndarray]]) -> lis
 
 
 # -- scorers --------------------------------------------------------------------------------------
-def make_scorer(convention: str, dataset: Dataset, target: str, group: str, metric: Any, index: np.ndarray, bootstrap_seed: int) -> TargetScorer:
+def make_scorer(
+    convention: str, dataset: Dataset, target: str, group: str, metric: Any, index: np.ndarray, bootstrap_seed: int
+) -> TargetScorer:
     """A scorer for one target/group/images under a named convention."""
     rdms = dataset.target(target, group).rdms
     if convention == "computed":
         return TargetScorer(rdms, metric, index, bootstrap_seed=bootstrap_seed)
     from .conventions import scorer_for
 
-    return scorer_for(convention, dataset=dataset, target=target, group=group, rdms=rdms, metric=metric, index=index, bootstrap_seed=bootstrap_seed)
+    return scorer_for(
+        convention,
+        dataset=dataset,
+        target=target,
+        group=group,
+        rdms=rdms,
+        metric=metric,
+        index=index,
+        bootstrap_seed=bootstrap_seed,
+    )

@@ -35,7 +35,10 @@ def _safe_part(value: Any) -> str:
 
 def record_path(runs_dir: Path, config: dict[str, Any], cell: str) -> Path:
     """``<runs-dir>/<dataset>/<target>__<backbone>__<objective>__s<seed>__<hash12>.json`` (always inside runs-dir)."""
-    name = "__".join(_safe_part(config[k]) for k in ("target", "backbone", "objective")) + f"__s{config['seed']}__{cell[:12]}.json"
+    name = (
+        "__".join(_safe_part(config[k]) for k in ("target", "backbone", "objective"))
+        + f"__s{config['seed']}__{cell[:12]}.json"
+    )
     return Path(runs_dir) / _safe_part(config["dataset"]) / name
 
 
@@ -103,11 +106,28 @@ OTHER_SCHEMAS = ("rsabench.failure/", "rsabench.sweep/")
 """Other rsabench documents that may sit in a runs dir: not cell records, skipped without a word."""
 NUMBER = (int, float)
 NUMBER_OR_NULL = (int, float, type(None))
-CONFIG_KEYS = {"dataset": str, "target": str, "backbone": str, "objective": str, "seed": int, "weights": str, "metric": str, "image_size": int}
+CONFIG_KEYS = {
+    "dataset": str,
+    "target": str,
+    "backbone": str,
+    "objective": str,
+    "seed": int,
+    "weights": str,
+    "metric": str,
+    "image_size": int,
+}
 SCORE_KEYS = {
-    "raw": NUMBER, "per_subject": list, "ceiling_lower": NUMBER_OR_NULL, "ceiling_upper": NUMBER_OR_NULL,
-    "normalized": NUMBER_OR_NULL, "ci_low": NUMBER, "ci_high": NUMBER, "n_subjects": int, "n_images": int,
-    "convention": str, "metric": str,
+    "raw": NUMBER,
+    "per_subject": list,
+    "ceiling_lower": NUMBER_OR_NULL,
+    "ceiling_upper": NUMBER_OR_NULL,
+    "normalized": NUMBER_OR_NULL,
+    "ci_low": NUMBER,
+    "ci_high": NUMBER,
+    "n_subjects": int,
+    "n_images": int,
+    "convention": str,
+    "metric": str,
 }
 ENTRY_KEYS = {"split": str, "group": str, "convention": str, "layer": str, "epoch": int, "score": dict}
 
@@ -127,12 +147,16 @@ def _require(obj: Any, keys: dict[str, Any], where: str) -> None:
 
 
 def validate_record(doc: Any) -> dict[str, Any]:
-    """``doc`` if it is a complete :data:`SCHEMA` record whose ``cell`` is the hash of its config; else InvalidRecord."""
+    """``doc`` if it is a :data:`SCHEMA` record whose ``cell`` is the hash of its config, else InvalidRecord."""
     if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
         raise InvalidRecord("not an rsabench record (no schema)")
     if doc["schema"] != SCHEMA:
         raise InvalidRecord(f"schema {doc['schema']!r}, expected {SCHEMA!r} (written by another rsabench version?)")
-    _require(doc, {"cell": str, "config": dict, "selection": dict, "scores": list, "timings": dict, "manifest": dict}, "record")
+    _require(
+        doc,
+        {"cell": str, "config": dict, "selection": dict, "scores": list, "timings": dict, "manifest": dict},
+        "record",
+    )
     _require(doc["config"], CONFIG_KEYS, "config")
     if config_hash(doc["config"]) != doc["cell"]:
         raise InvalidRecord("its cell hash does not match its config (edited or damaged)")
@@ -146,9 +170,21 @@ def validate_record(doc: Any) -> dict[str, Any]:
 DICT_OR_NULL = (dict, type(None))
 STR_OR_NULL = (str, type(None))
 RUNNABLE_CONFIG_KEYS = {
-    **CONFIG_KEYS, "dataset_version": str, "dataset_options": dict, "data_checksums": dict, "weights_sha256": STR_OR_NULL,
-    "objective_options": dict, "trains": bool, "layers": list, "loss_layer": STR_OR_NULL, "train": DICT_OR_NULL,
-    "target_normalization": STR_OR_NULL, "conventions": list, "split": dict, "bootstrap": dict, "code": dict,
+    **CONFIG_KEYS,
+    "dataset_version": str,
+    "dataset_options": dict,
+    "data_checksums": dict,
+    "weights_sha256": STR_OR_NULL,
+    "objective_options": dict,
+    "trains": bool,
+    "layers": list,
+    "loss_layer": STR_OR_NULL,
+    "train": DICT_OR_NULL,
+    "target_normalization": STR_OR_NULL,
+    "conventions": list,
+    "split": dict,
+    "bootstrap": dict,
+    "code": dict,
 }
 
 
@@ -275,7 +311,9 @@ def manifest(device: str, plugin_versions: dict[str, str], extra: dict[str, Any]
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(0)
+        if device.startswith("cuda")
+        else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "plugins": dict(sorted(plugin_versions.items())),
         "git_commit": git_commit(),

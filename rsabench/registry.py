@@ -70,7 +70,14 @@ class Registry:
         if isinstance(item, Namespace):
             if item.prefix in self.namespaces:
                 return self.namespaces[item.prefix].plugin
-            return next((e.plugin for e in self.entries.values() if e.name.startswith(f"{item.prefix}:") and e.plugin != plugin), None)
+            return next(
+                (
+                    e.plugin
+                    for e in self.entries.values()
+                    if e.name.startswith(f"{item.prefix}:") and e.plugin != plugin
+                ),
+                None,
+            )
         for key in (item.name, *item.aliases):
             owner = self.owner(key)
             if owner is not None and (owner != plugin or key in self.entries or key in self.aliases):
@@ -89,7 +96,10 @@ class Registry:
                 valid = all(isinstance(k, str) and NAME_RE.match(k) for k in keys)
             taken = self._taken_by(item, plugin) if valid else None
             if not valid:
-                problems.append(f"invalid {self.kind} name {', '.join(map(repr, keys))} (letters, digits and _.+- only, optionally prefix:name)")
+                problems.append(
+                    f"invalid {self.kind} name {', '.join(map(repr, keys))} (letters, digits and _.+- only, optionally "
+                    "prefix:name)"
+                )
             elif taken:
                 problems.append(f"{self.kind} {keys[0]!r} is already registered by plugin {taken!r}")
             elif seen.intersection(keys):
@@ -162,7 +172,9 @@ class Register:
         aliases: tuple[str, ...] | list[str] = (),
     ) -> None:
         if not callable(factory):
-            raise TypeError(f"{self.registry.kind} {name!r}: the factory must be callable, got {type(factory).__name__}")
+            raise TypeError(
+                f"{self.registry.kind} {name!r}: the factory must be callable, got {type(factory).__name__}"
+            )
         doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
         self.staged.append(Entry(name, factory, doc, self.plugin, tuple(aliases)))
 

@@ -69,16 +69,30 @@ class RunOptions:
         from .training import TrainSettings
 
         return TrainSettings(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-            weight_decay=self.weight_decay, patience=self.patience, trainable=self.trainable,
-            lr_schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs, lr_step=self.lr_step,
-            lr_gamma=self.lr_gamma, grad_clip=self.grad_clip, amp=self.amp, adapt_bn=self.adapt_bn,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            trainable=self.trainable,
+            lr_schedule=self.lr_schedule,
+            warmup_epochs=self.warmup_epochs,
+            lr_step=self.lr_step,
+            lr_gamma=self.lr_gamma,
+            grad_clip=self.grad_clip,
+            amp=self.amp,
+            adapt_bn=self.adapt_bn,
         )
 
     def validate(self) -> None:
         if self.image_size < 16:
             raise UsageError(f"--image-size must be >= 16 pixels, got {self.image_size}")
-        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+        if (
+            not 0 < self.val_fraction < 1
+            or not 0 <= self.test_fraction < 1
+            or self.val_fraction + self.test_fraction >= 1
+        ):
             raise UsageError("--val-fraction and --test-fraction must lie in (0, 1) and sum to less than 1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
@@ -87,7 +101,9 @@ class RunOptions:
             raise UsageError(f"--layer {repeated[0]}: given twice")
         kind, _, layer = self.trainable.partition(":")
         if not ((kind in ("all", "none") and not layer) or (kind in ("up-to", "from") and layer)):
-            raise UsageError(f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>")
+            raise UsageError(
+                f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>"
+            )
         self.train_settings().validate()
         if self.amp != "off" and self.device == "cpu":
             raise UsageError(f"--amp {self.amp} needs a CUDA device; use --amp off with --device cpu")
@@ -119,10 +135,14 @@ def _unique(option: str, names: list, canonical: Callable[[Any], Any] = lambda x
 class Session(Workspace):
     """The cells of one run and what they share."""
 
-    def __init__(self, plugins: Plugins, options: RunOptions, reporter: Reporter | None = None, force: bool = False) -> None:
+    def __init__(
+        self, plugins: Plugins, options: RunOptions, reporter: Reporter | None = None, force: bool = False
+    ) -> None:
         super().__init__(plugins, options.data_dir, reporter)
         if options.feature_cache:
-            self.feature_cache = FeatureCache(Path(options.cache_dir) if options.cache_dir else None, note=self.reporter.note)
+            self.feature_cache = FeatureCache(
+                Path(options.cache_dir) if options.cache_dir else None, note=self.reporter.note
+            )
         self.options = options
         self.force = force  # re-run cells that already have a record
         self.dataset_options: dict[str, dict[str, str]] = {}
@@ -131,7 +151,9 @@ class Session(Workspace):
     @property
     def runtime(self) -> Runtime:
         o = self.options
-        return Runtime(device=o.device, batch_size=o.batch_size, channels_last=o.channels_last, keep_checkpoints=o.keep_checkpoints)
+        return Runtime(
+            device=o.device, batch_size=o.batch_size, channels_last=o.channels_last, keep_checkpoints=o.keep_checkpoints
+        )
 
     def dataset(self, name: str) -> Dataset:
         """The dataset ``name`` with this run's options for it."""
@@ -164,11 +186,15 @@ class Session(Workspace):
         seeds = _unique("--seed", seeds)
         targets = _unique("--target", targets)
         self.objective_options = route_options(
-            "--objective-option", "objective", o.objective_options,
+            "--objective-option",
+            "objective",
+            o.objective_options,
             {name: accepted_options(self.plugins.objectives.get(name)) for name in objectives},
         )
         self.dataset_options = route_options(
-            "--dataset-option", "dataset", o.dataset_options,
+            "--dataset-option",
+            "dataset",
+            o.dataset_options,
             {name: accepted_options(self.plugins.datasets.get(name), skip=1) for name in datasets},
         )
         for name in objectives:  # fail on bad option values before anything runs
@@ -188,11 +214,15 @@ class Session(Workspace):
                 config = self.resolve(ds, target, backbone, objective, seed, metric_name)
                 cell = config_hash(config)
                 path = record_path(runs_dir, config, cell)
-                cached = read_record(path, warn=lambda m: self.reporter.note(f"{m}; the cell will run again")) is not None
+                cached = (
+                    read_record(path, warn=lambda m: self.reporter.note(f"{m}; the cell will run again")) is not None
+                )
                 cells.append(PlannedCell(config, cell, path, cached))
         return cells
 
-    def resolve(self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str) -> dict[str, Any]:
+    def resolve(
+        self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str
+    ) -> dict[str, Any]:
         """The full resolved config of a cell: everything its numbers depend on."""
         from .backbone import resolve_weights_path
         from .digests import DigestCache
@@ -220,9 +250,18 @@ class Session(Workspace):
             "target_normalization": obj.target_normalization(ds.target_normalization) if obj.trains else None,
             "metric": metric,
             "conventions": list(ds.conventions),
-            "split": {"seed": o.split_seed, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction if not ds.test_splits else None},
+            "split": {
+                "seed": o.split_seed,
+                "val_fraction": o.val_fraction,
+                "test_fraction": o.test_fraction if not ds.test_splits else None,
+            },
             "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
-            "code": {"rsabench": __version__, "plugins": self.plugins.used_versions(dataset=ds.name, backbone=backbone, objective=objective, metric=metric)},
+            "code": {
+                "rsabench": __version__,
+                "plugins": self.plugins.used_versions(
+                    dataset=ds.name, backbone=backbone, objective=objective, metric=metric
+                ),
+            },
         }
 
     def preflight(self, cells: list[PlannedCell], runs_dir: Path | None = None) -> None:
@@ -242,7 +281,9 @@ class Session(Workspace):
             check_layers(built.model, named, backbone)
             layers = list(o.layers) or built.default_layers
             n_images = max(g.n for c in ours for g in self.dataset(c.config["dataset"]).groups.values())
-            check_image_size(built, layers, o.image_size, backbone, o.batch_size, n_images, trains, resolve_device(o.device))
+            check_image_size(
+                built, layers, o.image_size, backbone, o.batch_size, n_images, trains, resolve_device(o.device)
+            )
         if runs_dir is not None and cells:
             check_writable(runs_dir, "--runs-dir")
 
@@ -265,8 +306,16 @@ def check_writable(directory: Path, option: str) -> None:
         raise UsageError(f"{option} {directory}: not a writable directory ({reason})") from None
 
 
-def check_image_size(built: Any, layers: list[str], size: int, backbone: str, batch_size: int = 1, n_images: int = 1,
-                     trains: bool = False, device: str = "cpu") -> None:
+def check_image_size(
+    built: Any,
+    layers: list[str],
+    size: int,
+    backbone: str,
+    batch_size: int = 1,
+    n_images: int = 1,
+    trains: bool = False,
+    device: str = "cpu",
+) -> None:
     """Shapes of a forward pass at ``size`` (meta device): UsageError if the network cannot take that size,
     or if a cell would need more memory than ``device`` has free."""
     from .memory import available_bytes, gib, needed_bytes, profile
@@ -275,11 +324,16 @@ def check_image_size(built: Any, layers: list[str], size: int, backbone: str, ba
         shapes = profile(built.model, layers, size)
     except (RuntimeError, ValueError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UsageError(f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); use a larger --image-size") from None
+        raise UsageError(
+            f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); "
+            "use a larger --image-size"
+        ) from None
     need, free = needed_bytes(shapes, batch_size, n_images, trains), available_bytes(device)
     if free is not None and need > free:
         raise UsageError(
-            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of memory "
-            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} are free; "
+            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of "
+            "memory "
+            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} "
+            "are free; "
             "use a smaller --image-size, --batch-size or fewer --layer"
         )

@@ -145,7 +145,9 @@ class TargetScorer:
         if n == self.n_full:
             model_rdms = sub_rdm(model_rdms, self.index)
         elif n != len(self.index):
-            raise ValueError(f"model RDMs are {n}x{n}; expected {self.n_full} (all images) or {len(self.index)} (scored images)")
+            raise ValueError(
+                f"model RDMs are {n}x{n}; expected {self.n_full} (all images) or {len(self.index)} (scored images)"
+            )
         vectors = upper_tri(model_rdms)
         for m, v in enumerate(vectors):
             problem = model_rdm_problem(v)
@@ -160,7 +162,10 @@ class TargetScorer:
 
     def _checked(self, values: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(values)):
-            raise CellFailure(f"metric {getattr(self.metric, 'name', self.metric)!r} returned non-finite values for a model RDM; it cannot be scored")
+            raise CellFailure(
+                f"metric {getattr(self.metric, 'name', self.metric)!r} returned non-finite values for a model RDM; it "
+                "cannot be scored"
+            )
         return values
 
     def score_many(self, model_rdms: np.ndarray) -> list[Score]:

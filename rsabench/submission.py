@@ -51,13 +51,17 @@ def resolve_split(dataset: Dataset, split: str | None) -> str:
         if split in table:
             groups = table[split]
             if len(groups) != 1:
-                raise UsageError(f"dataset {dataset.name!r}: split {split!r} spans groups {groups}; name one group with --split")
+                raise UsageError(
+                    f"dataset {dataset.name!r}: split {split!r} spans groups {groups}; name one group with --split"
+                )
             return groups[0]
     if split in dataset.groups:
         return split
     notes = [n for n in dataset.notes if "not found" in n]
     hint = f" ({'; '.join(notes)})" if notes else ""
-    raise UsageError(f"dataset {dataset.name!r}: unknown split {split!r}; known: {', '.join(split_names(dataset))}{hint}")
+    raise UsageError(
+        f"dataset {dataset.name!r}: unknown split {split!r}; known: {', '.join(split_names(dataset))}{hint}"
+    )
 
 
 def read_submission(path: str | os.PathLike, dataset: Dataset, group: str) -> dict[str, np.ndarray]:
@@ -78,7 +82,10 @@ def read_submission(path: str | os.PathLike, dataset: Dataset, group: str) -> di
     missing = [k for t, k in keys.items() if k not in arrays and t not in arrays]
     if missing:
         present = ", ".join(repr(k) for k in arrays) or "none"
-        raise DataError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (keys present: {present})")
+        raise DataError(
+            f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (keys present: "
+            f"{present})"
+        )
     for t, k in keys.items():
         value = arrays[k] if k in arrays else arrays[t]
         where = f"{path}: {k if k in arrays else t}"
@@ -88,7 +95,8 @@ def read_submission(path: str | os.PathLike, dataset: Dataset, group: str) -> di
             raise DataError(f"{where}: expected one {n}x{n} model RDM, got shape {value.shape}")
         if value.shape != (n, n):
             raise DataError(
-                f"{where}: RDM is {value.shape[0]}x{value.shape[1]} but group {group!r} of {dataset.name} has {n} images "
+                f"{where}: RDM is {value.shape[0]}x{value.shape[1]} but group {group!r} of {dataset.name} has {n} "
+                "images "
                 f"(expected {n}x{n})"
             )
         out[t] = check_rdms(value, where, n=n, ndim=2, check_diagonal_finite=False)

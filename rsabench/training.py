@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .backbone import LayerTaps, set_bn_mode, trainable_parameters
-from .features import to_device
 from .errors import CellFailure, UsageError
+from .features import to_device
 from .objective import Objective
 from .records import atomic_open
 
@@ -78,7 +78,9 @@ class TrainSettings:
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs >= self.epochs):
-            raise UsageError(f"--warmup-epochs must be >= 0 and smaller than --epochs ({self.epochs}), got {self.warmup_epochs}")
+            raise UsageError(
+                f"--warmup-epochs must be >= 0 and smaller than --epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
         if self.lr_step is not None and self.lr_step < 0:
             raise UsageError(f"--lr-step must be >= 0, got {self.lr_step}")
         if self.lr_gamma is not None and not 0 < self.lr_gamma <= 1:
@@ -119,7 +121,9 @@ def lr_factor(epoch: int, s: TrainSettings) -> float:
 def make_optimizer(params: Iterable[torch.nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
     params = list(params)
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=0.9 if s.momentum is None else s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(
+            params, lr=s.lr, momentum=0.9 if s.momentum is None else s.momentum, weight_decay=s.weight_decay
+        )
     # the fused kernels (CPU and CUDA, torch >= 2.4) take one step for all tensors: ~15x faster on AlexNet
     fused = {"fused": True} if _fused_adam_supported(params) else {}
     if s.optimizer == "adamw":
@@ -219,7 +223,9 @@ class Checkpointer:
             return None
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-            if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("cell") == self.cell):
+            if not (
+                isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("cell") == self.cell
+            ):
                 raise ValueError("another cell or format")
             if state["fingerprint"] != self._fingerprint:
                 raise ValueError("the network as built differs from the one that was checkpointed")
@@ -246,8 +252,16 @@ class Checkpointer:
                 self._changed.add(k)
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = {k: current[k] for k in sorted(self._changed)}
-        _save_atomic({"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "model": partial}, self.model_path(epoch))
-        header = {"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "fingerprint": self._fingerprint, "changed": sorted(self._changed)}
+        _save_atomic(
+            {"format": CHECKPOINT_FORMAT, "cell": self.cell, "epoch": epoch, "model": partial}, self.model_path(epoch)
+        )
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "cell": self.cell,
+            "epoch": epoch,
+            "fingerprint": self._fingerprint,
+            "changed": sorted(self._changed),
+        }
         _save_atomic({**header, **state}, self.state_path)
         keep = {self.model_path(epoch).name, self.model_path(state["history"]["best_epoch"]).name, self.state_path.name}
         for path in self.directory.iterdir():
@@ -309,7 +323,13 @@ def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, An
     state = {
         "batches": generator.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -344,7 +364,9 @@ class TrainResult:
 
     def history(self) -> dict[str, Any]:
         """What a checkpoint keeps of the result (everything but the best state)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("best_state", "resumed_from_epoch", "bn_layers_adapted")}
+        return {
+            k: v for k, v in asdict(self).items() if k not in ("best_state", "resumed_from_epoch", "bn_layers_adapted")
+        }
 
 
 def _grad_norm(params: list[torch.nn.Parameter], clip: float) -> float:
@@ -468,7 +490,10 @@ def train(
             loss = objective.loss(features, t)
             if not torch.isfinite(loss):
                 hint = "try --amp bf16 or off" if settings.amp == "fp16" else "lower --lr or set --grad-clip"
-                raise CellFailure(f"training diverged: objective {objective.name!r} returned a non-finite loss ({float(loss)}) at epoch {epoch} (lr {lr:g}); {hint}")
+                raise CellFailure(
+                    f"training diverged: objective {objective.name!r} returned a non-finite loss ({float(loss)}) at "
+                    f"epoch {epoch} (lr {lr:g}); {hint}"
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -489,7 +514,10 @@ def train(
         model.eval()
         bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
         if bad:
-            raise CellFailure(f"training diverged: non-finite weights after epoch {epoch} (lr {lr:g}) in {len(bad)} tensor(s), first {bad[0]}; lower --lr or set --grad-clip")
+            raise CellFailure(
+                f"training diverged: non-finite weights after epoch {epoch} (lr {lr:g}) in {len(bad)} tensor(s), first "
+                f"{bad[0]}; lower --lr or set --grad-clip"
+            )
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         result.grad_norm.append(float(np.mean(norms)) if norms else float("nan"))
         result.lr.append(lr)

@@ -11,7 +11,8 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
 
-from .dataset import Dataset, data_dir as resolve_data_dir
+from .dataset import Dataset
+from .dataset import data_dir as resolve_data_dir
 from .errors import PluginError, UsageError
 from .feature_cache import FeatureCache
 from .plugins import Plugins
@@ -34,8 +35,13 @@ def _options_key(options: Mapping[str, Any] | None) -> tuple:
 class Workspace:
     """Plugins, a data directory and the caches of what cells load from them."""
 
-    def __init__(self, plugins: Plugins, data_dir: str | Path | None = None, reporter: Reporter | None = None,
-                 feature_cache: FeatureCache | None = None) -> None:
+    def __init__(
+        self,
+        plugins: Plugins,
+        data_dir: str | Path | None = None,
+        reporter: Reporter | None = None,
+        feature_cache: FeatureCache | None = None,
+    ) -> None:
         self.plugins = plugins
         self.data_dir = resolve_data_dir(data_dir)
         self.reporter = reporter or Reporter()
@@ -53,9 +59,14 @@ class Workspace:
             ds = factory(self.data_dir, **dict(options or {}))
             plugin = self.plugins.datasets.plugin_of(name)
             if not isinstance(ds, Dataset):
-                raise PluginError(f"dataset {name!r} (plugin {plugin!r}): its factory returned {type(ds).__name__}, expected rsabench.dataset.Dataset")
+                raise PluginError(
+                    f"dataset {name!r} (plugin {plugin!r}): its factory returned {type(ds).__name__}, expected "
+                    "rsabench.dataset.Dataset"
+                )
             if ds.name != name:
-                raise PluginError(f"dataset {name!r} (plugin {plugin!r}): its factory returned a Dataset named {ds.name!r}")
+                raise PluginError(
+                    f"dataset {name!r} (plugin {plugin!r}): its factory returned a Dataset named {ds.name!r}"
+                )
             ds.validate()
             for note in getattr(ds, "notes", []) or []:
                 self.reporter.note(f"{name}: {note}")

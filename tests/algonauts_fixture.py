@@ -106,7 +106,10 @@ def make_release(
             if modality == "fmri":
                 arrays = {"EVC_RDMs": fmri_rdms(rng, subjects, n), "IT_RDMs": fmri_rdms(rng, subjects, n)}
             else:
-                arrays = {"MEG_RDMs_early": meg_rdms(rng, subjects, sessions, n), "MEG_RDMs_late": meg_rdms(rng, subjects, sessions, n)}
+                arrays = {
+                    "MEG_RDMs_early": meg_rdms(rng, subjects, sessions, n),
+                    "MEG_RDMs_late": meg_rdms(rng, subjects, sessions, n),
+                }
             write_mat(base / folder / f"target_{modality}{suffix}.mat", arrays, fmt)
             written[group + ("-ts2" if suffix else "")] = arrays
         if images:

@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     path = shared_data_path()
     if path is None:
-        return "reference data: NOT FOUND (no shared/data beside the checkout; set RSABENCH_TEST_DATA): real-data tests skip"
+        return "reference data: NOT FOUND (no shared/data set RSABENCH_TEST_DATA): real-data tests skip"
     return f"reference data: {path}"
 
 
@@ -40,8 +40,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if shared_data_path() is None:
         skipped = len(terminalreporter.stats.get("skipped", []))
         terminalreporter.write_line(
-            f"WARNING: reference data not found (set RSABENCH_TEST_DATA): the real-data tests were skipped ({skipped} skips in all)",
-            yellow=True, bold=True,
+            f"WARNING: reference data not found (set RSABENCH_TEST_DATA): the real-data tests were skipped ({skipped} "
+            "skips in all)",
+            yellow=True,
+            bold=True,
         )
 
 

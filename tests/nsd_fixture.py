@@ -76,9 +76,11 @@ def make_nsd_fixture(
     rng = np.random.default_rng(seed)
     root = Path(data_dir) / "nsd"
     names = [f"subj{i:02d}" for i in range(1, subjects + 1)]
-    pool = [int(i) for i in rng.choice(73000, size=shared + partial + subjects * images_per_subject + test_images,
-                                       replace=False)]
-    shared_ids, partial_ids, rest = pool[:shared], pool[shared:shared + partial], pool[shared + partial:]
+    pool = [
+        int(i)
+        for i in rng.choice(73000, size=shared + partial + subjects * images_per_subject + test_images, replace=False)
+    ]
+    shared_ids, partial_ids, rest = pool[:shared], pool[shared : shared + partial], pool[shared + partial :]
     # subject-independent loadings: (class, label) -> latent direction
     loadings = {(c, lab): rng.normal(size=LATENT) for c, rois in CLASSES.items() for lab in range(len(rois) + 1)}
     empty_rois = empty_rois or {}

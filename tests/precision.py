@@ -61,8 +61,9 @@ def correlation_distance_tolerance(features: np.ndarray, u: float = U32) -> floa
     return 2.0 * unit + g + 2.0 * u
 
 
-def correlation_tolerance(x: np.ndarray, y: np.ndarray, err_x: float = 0.0, err_y: float = 0.0,
-                          u: float = U64) -> float:
+def correlation_tolerance(
+    x: np.ndarray, y: np.ndarray, err_x: float = 0.0, err_y: float = 0.0, u: float = U64
+) -> float:
     """Bound on ``|r̂ − r|`` for Pearson ``r(x, y)`` computed in precision ``u`` from vectors known only to
     within ``err_x``, ``err_y`` per entry: the rounding of the correlation itself (the
     :func:`correlation_distance_tolerance` of the pair) plus the perturbation (a centred vector ``c`` moved
@@ -73,8 +74,9 @@ def correlation_tolerance(x: np.ndarray, y: np.ndarray, err_x: float = 0.0, err_
     return correlation_distance_tolerance(np.stack([x, y]), u) + float(moved)
 
 
-def central_difference_tolerance(h: float, value_error: float, slope: float, third: float, x_max: float,
-                                 u: float = U64) -> float:
+def central_difference_tolerance(
+    h: float, value_error: float, slope: float, third: float, x_max: float, u: float = U64
+) -> float:
     """Bound on ``|(f̂(fl(x+h)) − f̂(fl(x−h)))/(2h) − f'(x)|``: Taylor truncation ``h²/6·max|f'''|`` (``third``),
     the evaluation errors ``|f̂ − f| ≤ value_error`` over ``h``, and the rounding of ``x ± h`` (the step is off
     by ``≤ 2u(|x|+h)``) and of the quotient, times ``max|f'|`` (``slope``)."""

@@ -10,10 +10,10 @@ import zipfile
 import numpy as np
 import pytest
 from algonauts_fixture import fmri_rdms, make_release, write_images, write_mat73
+from precision import F64
 from scipy.spatial.distance import squareform
 from scipy.stats import rankdata, spearmanr
 
-from precision import F64
 from rsabench import datastore
 from rsabench.builtin import algonauts
 from rsabench.conventions import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer, ComputedScorer, devkit_noise_ceiling
@@ -175,7 +175,9 @@ def test_subject_counts_differ_between_targets(tmp_path):
     path = tmp_path / "algonauts2019/Training_Data/92_Image_Set/target_fmri.mat"
     rng = np.random.default_rng(0)
     write_mat73(path, {"EVC_RDMs": fmri_rdms(rng, 15, 12), "IT_RDMs": fmri_rdms(rng, 14, 12)})
-    with pytest.raises(DataError, match=r"target_fmri.mat: subject counts differ between targets \(EVC_RDMs 15, IT_RDMs 14\)"):
+    with pytest.raises(
+        DataError, match=r"target_fmri.mat: subject counts differ between targets \(EVC_RDMs 15, IT_RDMs 14\)"
+    ):
         algonauts.load_fmri(tmp_path)
 
 
@@ -183,7 +185,11 @@ def test_missing_extra_unreadable_images(tmp_path):
     make_release(tmp_path, "fmri", {"92": 12}, ts2=False)
     folder = tmp_path / "algonauts2019/Training_Data/92_Image_Set/92images"
     (folder / "image_05.jpg").unlink()
-    with pytest.raises(DataError, match=r"92images: 11 image files but the RDMs in .*target_fmri.mat are 12x12 \(missing .*missing number\(s\) 5\)"):
+    with pytest.raises(
+        DataError,
+        match=r"92images: 11 image files but the RDMs in .*target_fmri.mat are 12x12 "
+        r"\(missing .*missing number\(s\) 5\)",
+    ):
         algonauts.load_fmri(tmp_path)
     write_images(folder, "image_{:02d}.jpg", 13, np.random.default_rng(0))
     with pytest.raises(DataError, match=r"92images: 13 image files .* \(extra images.*13"):
@@ -207,7 +213,9 @@ def test_truncated_target_file_names_it(tmp_path):
 
 
 def test_absent_data(tmp_path):
-    with pytest.raises(DataError, match=r"algonauts2019: Algonauts 2019 data not found.*rsabench data import algonauts-fmri"):
+    with pytest.raises(
+        DataError, match=r"algonauts2019: Algonauts 2019 data not found.*rsabench data import algonauts-fmri"
+    ):
         algonauts.load_fmri(tmp_path)
     make_release(tmp_path, "fmri", {"92": 12})
     with pytest.raises(DataError, match=r"no target_meg\*\.mat files found"):
@@ -227,8 +235,13 @@ def test_info(tmp_path, shared_data):
     info = datastore.info("algonauts-fmri", shared_data)
     assert info["present"] and info["looks_in"] == str(shared_data / "algonauts2019")
     assert info["groups"]["92"] == {
-        "role": "training set, 92 images", "rdm_file": "Training_Data/92_Image_Set/target_fmri.mat", "rdms_present": True,
-        "subjects": 15, "n": 92, "image_dir": "Training_Data/92_Image_Set/92images/", "images": 92,
+        "role": "training set, 92 images",
+        "rdm_file": "Training_Data/92_Image_Set/target_fmri.mat",
+        "rdms_present": True,
+        "subjects": 15,
+        "n": 92,
+        "image_dir": "Training_Data/92_Image_Set/92images/",
+        "images": 92,
     }
     assert info["groups"]["118"]["images"] == 0 and "1905.05675" in info["citation"] and "not stated" in info["license"]
     assert "rsabench data import" in info["how_to_get"]
@@ -316,7 +329,9 @@ def test_import_bad_sources(tmp_path):
 
 
 def test_fetch(tmp_path, shared_data):
-    with pytest.raises(UsageError, match=r"no stable public URL.*algonauts\.csail\.mit\.edu.*rsabench data import algonauts-meg"):
+    with pytest.raises(
+        UsageError, match=r"no stable public URL.*algonauts\.csail\.mit\.edu.*rsabench data import algonauts-meg"
+    ):
         datastore.fetch("algonauts-meg", tmp_path)
     assert datastore.fetch("algonauts-fmri", shared_data) == shared_data / "algonauts2019"
     assert datastore.fetch("kriegeskorte2008").is_dir()
@@ -327,7 +342,12 @@ def test_fetch(tmp_path, shared_data):
 def test_manifest_covers_the_release(shared_data):
     manifest = datastore.read_manifest()
     root = shared_data / "algonauts2019"
-    files = {p.relative_to(root).as_posix() for part in ("Training_Data", "Test_Data") for p in (root / part).rglob("*") if p.is_file()}
+    files = {
+        p.relative_to(root).as_posix()
+        for part in ("Training_Data", "Test_Data")
+        for p in (root / part).rglob("*")
+        if p.is_file()
+    }
     assert set(manifest) == files and len(manifest) == 178
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from precision import network_tolerance
 from torch import nn
 
-from precision import network_tolerance
 from rsabench.backbone import LayerTaps, set_bn_mode
 from rsabench.builtin.backbones import TORCHVISION_ALIASES
 from rsabench.errors import UsageError
@@ -86,7 +86,16 @@ def test_alias_resolves_to_namespace_builds_and_taps(plugins, alias):
 
 def test_curated_and_stage_layer_sets(plugins):
     vgg = shared(plugins, "vgg16")
-    assert vgg.default_layers == ["features.4", "features.9", "features.16", "features.23", "features.30", "classifier.1", "classifier.4", "classifier.6"]
+    assert vgg.default_layers == [
+        "features.4",
+        "features.9",
+        "features.16",
+        "features.23",
+        "features.30",
+        "classifier.1",
+        "classifier.4",
+        "classifier.6",
+    ]
     assert all(isinstance(vgg.model.get_submodule(n), nn.MaxPool2d) for n in vgg.default_layers[:5])
     assert shared(plugins, "resnet18").default_layers == ["maxpool", "layer1", "layer2", "layer3", "layer4", "fc"]
     timm_resnet = shared(plugins, "timm:resnet18")
@@ -96,9 +105,22 @@ def test_curated_and_stage_layer_sets(plugins):
 # One member of every torchvision family not covered by an alias; built on the meta device (no memory, no
 # init cost), so the forward pass checks each default layer is called and the last one is the logits.
 FAMILIES = {
-    "vgg11_bn": 32, "resnext50_32x4d": 32, "wide_resnet50_2": 32, "squeezenet1_0": 32, "inception_v3": 75,
-    "shufflenet_v2_x0_5": 32, "mnasnet0_5": 32, "mobilenet_v2": 32, "efficientnet_v2_s": 33, "swin_t": 224,
-    "swin_v2_t": 256, "maxvit_t": 224, "vit_b_32": 224, "vit_h_14": 518, "convnext_small": 32, "densenet161": 32,
+    "vgg11_bn": 32,
+    "resnext50_32x4d": 32,
+    "wide_resnet50_2": 32,
+    "squeezenet1_0": 32,
+    "inception_v3": 75,
+    "shufflenet_v2_x0_5": 32,
+    "mnasnet0_5": 32,
+    "mobilenet_v2": 32,
+    "efficientnet_v2_s": 33,
+    "swin_t": 224,
+    "swin_v2_t": 256,
+    "maxvit_t": 224,
+    "vit_b_32": 224,
+    "vit_h_14": 518,
+    "convnext_small": 32,
+    "densenet161": 32,
 }
 
 
@@ -120,7 +142,14 @@ def test_regnet_stage_layers():
 
     model = tb.construct("regnet_y_400mf").eval()  # regnet cannot be built on the meta device
     layers = tb.stage_layers("regnet_y_400mf", model)
-    assert layers == ["stem", "trunk_output.block1", "trunk_output.block2", "trunk_output.block3", "trunk_output.block4", "fc"]
+    assert layers == [
+        "stem",
+        "trunk_output.block1",
+        "trunk_output.block2",
+        "trunk_output.block3",
+        "trunk_output.block4",
+        "fc",
+    ]
     with torch.no_grad():
         assert LayerTaps(model, layers)(images(1, 32))["fc"].shape == (1, 1000)
 
@@ -132,14 +161,22 @@ def test_namespaced_backbones_build_and_tap(plugins):
             out = LayerTaps(built.model, built.default_layers)(images(2, 32))
         assert set(out) == set(built.default_layers)
         assert all(torch.isfinite(v).all() for v in out.values())
-    assert shared(plugins, "torchvision:squeezenet1_1").default_layers == ["features.2", "features.5", "features.8", "features.12", "classifier"]
+    assert shared(plugins, "torchvision:squeezenet1_1").default_layers == [
+        "features.2",
+        "features.5",
+        "features.8",
+        "features.12",
+        "classifier",
+    ]
 
 
 def test_timm_preprocessing_comes_from_the_pretrained_config(plugins):
     built = build(plugins, "timm:test_vit")  # timm's tiny test ViT: (0.5, 0.5, 0.5) normalisation, 160 px
     assert built.mean == (0.5, 0.5, 0.5) and built.std == (0.5, 0.5, 0.5)
     assert built.info["preprocessing"]["input_size"] == [3, 160, 160] and built.info["fixed_input_size"] is True
-    assert built.default_layers[-1] == "head" and all(layer.startswith("blocks.") for layer in built.default_layers[:-1])
+    assert built.default_layers[-1] == "head" and all(
+        layer.startswith("blocks.") for layer in built.default_layers[:-1]
+    )
     assert shared(plugins, "timm:resnet18").mean == (0.485, 0.456, 0.406)
 
 
@@ -170,7 +207,12 @@ def test_cli_lists_namespace_members_once():
 
 @pytest.mark.parametrize(
     "name, hint",
-    [("timm:resnet181", "timm:resnet18"), ("torchvision:resnet19", "torchvision:resnet18"), ("alexnt", "alexnet"), ("timm:resnet18.no_such_tag", "tv_in1k")],
+    [
+        ("timm:resnet181", "timm:resnet18"),
+        ("torchvision:resnet19", "torchvision:resnet18"),
+        ("alexnt", "alexnet"),
+        ("timm:resnet18.no_such_tag", "tv_in1k"),
+    ],
 )
 def test_unknown_backbone_is_a_usage_error_with_suggestions(plugins, name, hint):
     with pytest.raises(UsageError, match=hint):
@@ -254,7 +296,9 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone(plugins, name):
     assert builds[0].weights_digest.endswith("seed7") and builds[2].weights_digest.endswith("seed8")
 
 
-@pytest.mark.parametrize("name, suffix", [("resnet18", ".pt"), ("timm:resnet18", ".pt"), ("timm:resnet18", ".safetensors")])
+@pytest.mark.parametrize(
+    "name, suffix", [("resnet18", ".pt"), ("timm:resnet18", ".pt"), ("timm:resnet18", ".safetensors")]
+)
 def test_local_checkpoint_round_trips(plugins, tmp_path, name, suffix):
     source = build(plugins, name, seed=3).model
     path = tmp_path / f"ckpt{suffix}"
@@ -359,8 +403,17 @@ def test_timm_imagenet_weights_offline_from_the_hugging_face_cache(tmp_path):
     hub = tmp_path / "hf" / "hub"
     hub.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"))
-    out = subprocess.run([sys.executable, "-c", TIMM_OFFLINE_SCRIPT, str(hub)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    env.update(
+        HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch")
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", TIMM_OFFLINE_SCRIPT, str(hub)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     error = report["error"]
@@ -382,6 +435,9 @@ def test_unresolvable_host_fails_fast_unless_a_proxy_is_set(monkeypatch):
     for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    assert tb.unreachable("https://download.pytorch.org/models/x.pth") == "cannot resolve download.pytorch.org: Name or service not known"
+    assert (
+        tb.unreachable("https://download.pytorch.org/models/x.pth")
+        == "cannot resolve download.pytorch.org: Name or service not known"
+    )
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert tb.unreachable("https://download.pytorch.org/models/x.pth") is None

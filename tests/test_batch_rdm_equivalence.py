@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from precision import F64, U32, U64, correlation_distance_tolerance
 from scipy.spatial.distance import pdist, squareform
 
-from precision import F64, U32, U64, correlation_distance_tolerance
 from rsabench.backbone import LayerTaps, prepare_for_taps
 from rsabench.builtin.basic_objectives import Dissim
-from rsabench.objective import Objective
 from rsabench.features import extract_rdms
+from rsabench.objective import Objective
 from rsabench.training import TrainSettings, epoch_batches, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +103,7 @@ def assert_grads_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         )
 
 
-@pytest.mark.parametrize(
-    ("layer", "space"), [(layer, "distance") for layer in LAYERS] + [("features.4", "fisher-z")]
-)
+@pytest.mark.parametrize(("layer", "space"), [(layer, "distance") for layer in LAYERS] + [("features.4", "fisher-z")])
 def test_batch_loss_and_gradients_equal_two_branch(images, target, layer, space):
     """Same B(B-1)/2 pairs: Dissim on one forward of B images == mean of per-pair two-branch losses."""
     model = alexnet()
@@ -150,16 +148,26 @@ def test_train_epoch_equals_two_branch_epoch(images, target):
 
     a = alexnet(seed=4)
     before = {n: p.detach().clone() for n, p in a.named_parameters()}
-    result = train(a, layer, Dissim(), {"g": images}, {"g": train_idx}, {"g": target}, settings, seed=0,
-                   evaluate=lambda epoch: 0.0)
+    result = train(
+        a, layer, Dissim(), {"g": images}, {"g": train_idx}, {"g": target}, settings, seed=0, evaluate=lambda epoch: 0.0
+    )
     assert result.epochs_run == 1
 
     b = alexnet(seed=4)
     pairs = ref.within_group_pairs({"g": train_idx})
     assert len(pairs) == 28
     opt = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9)
-    loss = ref.two_branch_epoch(b, layer, {"g": images}, {"g": target}, pairs, opt, pairs_per_step=len(pairs),
-                                pairs_per_forward=7, generator=torch.Generator().manual_seed(0))
+    loss = ref.two_branch_epoch(
+        b,
+        layer,
+        {"g": images},
+        {"g": target},
+        pairs,
+        opt,
+        pairs_per_step=len(pairs),
+        pairs_per_forward=7,
+        generator=torch.Generator().manual_seed(0),
+    )
 
     assert result.train_loss[0] == pytest.approx(loss, rel=F64)  # float64, two orders (see assert_grads_equal)
     moved = 0
@@ -268,7 +276,7 @@ def test_trainer_batches_hold_only_within_group_strict_pairs(batch_size):
             assert 2 <= len(idx) <= batch_size
             np.testing.assert_array_equal(np.diag(target), -1.0)  # rows/cols aligned with the batch images
             iu = np.triu_indices(len(idx), k=1)
-            np.testing.assert_array_equal(target[iu], [pair_code(g, idx[a], idx[b]) for a, b in zip(*iu)])
+            np.testing.assert_array_equal(target[iu], [pair_code(g, idx[a], idx[b]) for a, b in zip(*iu, strict=True)])
             seen.extend(target[iu].tolist())
             seen_images.extend(codes.tolist())
         assert len(seen) == len(set(seen)), "a pair was used twice in one epoch"

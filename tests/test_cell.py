@@ -20,7 +20,9 @@ FAST = ["--weights", "random", "--image-size", "32", "--epochs", "1", "--layer",
 def rsabench(*args: str, env_dir: Path) -> subprocess.CompletedProcess:
     """The CLI in a new interpreter (nothing cached in this process can leak into it)."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(env_dir), "RSABENCH_CACHE": str(env_dir / "cache")}
-    return subprocess.run([sys.executable, "-m", "rsabench", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rsabench", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def without_timings(record: dict) -> dict:
@@ -33,9 +35,34 @@ def without_timings(record: dict) -> dict:
 def recorded(tmp_path_factory) -> tuple[Path, list[tuple[Path, dict]]]:
     runs = tmp_path_factory.mktemp("runs")
     try:
-        main(["run", "--dataset", "kriegeskorte2008", "--backbone", "alexnet", "--objective", "frozen",
-              "--objective", "dissim", "--objective-option", "space=fisher-z", "--objective-option", "normalization=none",
-              "--split-seed", "3", "--bootstrap-seed", "5", "--seed", "7", "--batch-size", "16", "--runs-dir", str(runs), *FAST])
+        main(
+            [
+                "run",
+                "--dataset",
+                "kriegeskorte2008",
+                "--backbone",
+                "alexnet",
+                "--objective",
+                "frozen",
+                "--objective",
+                "dissim",
+                "--objective-option",
+                "space=fisher-z",
+                "--objective-option",
+                "normalization=none",
+                "--split-seed",
+                "3",
+                "--bootstrap-seed",
+                "5",
+                "--seed",
+                "7",
+                "--batch-size",
+                "16",
+                "--runs-dir",
+                str(runs),
+                *FAST,
+            ]
+        )
     except SystemExit as exc:
         assert not exc.code
     records = list(iter_records(runs))
@@ -61,7 +88,9 @@ def test_run_cell_takes_a_bare_config(recorded, tmp_path):
     path, record = next((p, r) for p, r in records if r["config"]["objective"] == "frozen")
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(record["config"]))
-    done = rsabench("run-cell", str(config_file), "--batch-size", "16", "--runs-dir", str(tmp_path / "out"), env_dir=tmp_path)
+    done = rsabench(
+        "run-cell", str(config_file), "--batch-size", "16", "--runs-dir", str(tmp_path / "out"), env_dir=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     [(_, again)] = list(iter_records(tmp_path / "out"))
     assert again["scores"] == record["scores"] and again["cell"] == record["cell"]
@@ -87,7 +116,10 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["data_checksums"].update({"rdms": "0" * 64}), "rdms differs from what this cell's config was resolved with"),
+        (
+            lambda c: c["data_checksums"].update({"rdms": "0" * 64}),
+            "rdms differs from what this cell's config was resolved with",
+        ),
         (lambda c: c.update(weights_sha256="0" * 64), "a digest goes with a weights file only"),
         (lambda c: c.pop("split"), "config lacks 'split'"),
         (lambda c: c["split"].update(seed="3"), "config.split.seed has the wrong type"),
@@ -121,7 +153,9 @@ def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):
     assert code == 2 and "the file's sha256 differs from the cell config's weights_sha256" in err, err
 
 
-@pytest.mark.parametrize("text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config is not an object")])
+@pytest.mark.parametrize(
+    "text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config is not an object")]
+)
 def test_run_cell_refuses_what_is_not_a_config(tmp_path, capsys, text, message):
     config_file = tmp_path / "config.json"
     config_file.write_text(text)

@@ -6,14 +6,44 @@ import json
 import urllib.error
 
 import pytest
-
 from precision import U64
+
 from rsabench.cli import main
 
-RUN = ["run", "--dataset", "kriegeskorte2008", "--backbone", "alexnet", "--objective", "frozen", "--objective", "dissim",
-       "--weights", "random", "--epochs", "2", "--image-size", "64"]
-KEYS = {"dataset", "target", "split", "backbone", "objective", "seed", "layer", "raw", "ceiling_lower", "ceiling_upper",
-        "normalized", "ci_low", "ci_high", "convention", "cell"}
+RUN = [
+    "run",
+    "--dataset",
+    "kriegeskorte2008",
+    "--backbone",
+    "alexnet",
+    "--objective",
+    "frozen",
+    "--objective",
+    "dissim",
+    "--weights",
+    "random",
+    "--epochs",
+    "2",
+    "--image-size",
+    "64",
+]
+KEYS = {
+    "dataset",
+    "target",
+    "split",
+    "backbone",
+    "objective",
+    "seed",
+    "layer",
+    "raw",
+    "ceiling_lower",
+    "ceiling_upper",
+    "normalized",
+    "ci_low",
+    "ci_high",
+    "convention",
+    "cell",
+}
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -58,7 +88,10 @@ def test_acceptance_run_rows_keys_and_intervals(two_runs, capsys):
         # in fact; 2 ulps would allow another association
         assert r["normalized"] == pytest.approx(100 * r["raw"] / r["ceiling_upper"], rel=2 * U64)
     dissim = next(r for r in rows if r["objective"] == "dissim")
-    assert dissim["delta_vs_frozen"] is not None and dissim["delta_ci_low"] <= dissim["delta_vs_frozen"] <= dissim["delta_ci_high"]
+    assert (
+        dissim["delta_vs_frozen"] is not None
+        and dissim["delta_ci_low"] <= dissim["delta_vs_frozen"] <= dissim["delta_ci_high"]
+    )
 
 
 def test_same_command_twice_gives_identical_numbers(two_runs, capsys):
@@ -77,7 +110,9 @@ def test_leaderboard_formats_and_output_file(two_runs, capsys, tmp_path):
     code, out, _ = cli(capsys, "leaderboard", "--runs-dir", str(two_runs[0]), "--format", "markdown")
     assert code == 0 and out.startswith("| dataset |")
     target = tmp_path / "lb" / "board.md"
-    code, _, _ = cli(capsys, "leaderboard", "--runs-dir", str(two_runs[0]), "--format", "markdown", "--output", str(target))
+    code, _, _ = cli(
+        capsys, "leaderboard", "--runs-dir", str(two_runs[0]), "--format", "markdown", "--output", str(target)
+    )
     assert code == 0 and target.read_text() == out
 
 
@@ -90,7 +125,10 @@ def test_plan_shows_cached_cells(two_runs, capsys):
     "argv, message",
     [
         (["run", "--dataset", "kriegeskorte"], "unknown dataset 'kriegeskorte'; did you mean 'kriegeskorte2008'"),
-        (["run", "--backbone", "alexnett", "--weights", "random"], "unknown backbone 'alexnett'; did you mean 'alexnet'"),
+        (
+            ["run", "--backbone", "alexnett", "--weights", "random"],
+            "unknown backbone 'alexnett'; did you mean 'alexnet'",
+        ),
         (["run", "--objective", "disim", "--weights", "random"], "unknown objective 'disim'; did you mean 'dissim'"),
         (["run", "--metric", "spearmn", "--weights", "random"], "unknown metric 'spearmn'"),
         (["run", "--weights", "/nonexistent/ckpt.pt"], "--weights /nonexistent/ckpt.pt: file not found"),
@@ -98,7 +136,10 @@ def test_plan_shows_cached_cells(two_runs, capsys):
         (["run", "--image-size", "8"], "--image-size"),
         (["run", "--device", "tpu", "--weights", "random"], "--device must be auto, cpu or cuda"),
         (["run", "--dataset-option", "noequals"], "expected KEY=VALUE"),
-        (["run", "--target", "V1", "--weights", "random"], "--target V1: not a target of this run (dataset 'kriegeskorte2008' has targets hIT)"),
+        (
+            ["run", "--target", "V1", "--weights", "random"],
+            "--target V1: not a target of this run (dataset 'kriegeskorte2008' has targets hIT)",
+        ),
         (["run", "--val-fraction", "0.9", "--weights", "random"], "--val-fraction and --test-fraction"),
         (["leaderboard", "--runs-dir", "/nonexistent/runs"], "--runs-dir /nonexistent/runs: no such directory"),
         (["list", "layers"], "name a backbone"),

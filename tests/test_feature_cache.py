@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from algonauts_fixture import make_release
+
 from rsabench import features
 from rsabench.feature_cache import FeatureCache
 from rsabench.plugins import get_plugins
@@ -31,7 +31,9 @@ class Notes:
         self.messages.append(message)
 
 
-def run(tmp_path: Path, cache_dir: Path | None, objective: str = "frozen", dataset: str = "kriegeskorte2008", **options):
+def run(
+    tmp_path: Path, cache_dir: Path | None, objective: str = "frozen", dataset: str = "kriegeskorte2008", **options
+):
     """One cell in a fresh session (nothing shared in memory with an earlier call); returns its record."""
     opts = {"weights": "random", "image_size": 32, "epochs": 1, "layers": LAYERS, **options}
     if cache_dir is None:
@@ -68,7 +70,8 @@ def test_frozen_and_epoch_0_of_training_share_one_forward_pass(tmp_path, monkeyp
     assert len(frozen_calls) == 2  # validation and test images of the one group
     calls.clear()
     record, _ = run(tmp_path, tmp_path / "cache", "dissim", epochs=1)
-    # epoch-0 validation came from the cache: one validation pass after epoch 1, one test pass (final = best, or best = 0 from cache)
+    # epoch-0 validation came from the cache: one validation pass after epoch 1, then one test pass
+    # (final = best, or best = epoch 0 from the cache)
     assert record["manifest"]["feature_cache"]["hits"] >= 1
     assert len(calls) == 2
 
@@ -95,10 +98,16 @@ def test_a_changed_image_misses(tmp_path):
     make_release(tmp_path, "fmri", {"92": 20, "78": 10})
     cache = tmp_path / "cache"
     run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))
-    assert run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["misses"] == 0
+    assert (
+        run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["misses"]
+        == 0
+    )
     image = tmp_path / "algonauts2019/Training_Data/92_Image_Set/92images/image_05.jpg"
     image.write_bytes(image.read_bytes() + b"\0")
-    assert run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["hits"] == 0
+    assert (
+        run(tmp_path, cache, dataset="algonauts-fmri", data_dir=str(tmp_path))[0]["manifest"]["feature_cache"]["hits"]
+        == 0
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])

@@ -11,7 +11,9 @@ from rsabench.rsa import rdm_from_unit_rows, unit_features
 
 def small_net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3), torch.nn.ReLU()).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3), torch.nn.ReLU()
+    ).eval()
 
 
 def test_spilled_rdms_equal_in_memory_rdms_exactly():

@@ -63,45 +63,102 @@ def bad_files(tmp: Path) -> None:
     (tmp / "no-release" / "readme.txt").write_text("nothing here")
     records = tmp / "records"
     (records / "kriegeskorte2008").mkdir(parents=True)
-    (records / "kriegeskorte2008" / "missing-config.json").write_text(json.dumps({"schema": "rsabench.cell/1", "cell": "0" * 64}))
+    (records / "kriegeskorte2008" / "missing-config.json").write_text(
+        json.dumps({"schema": "rsabench.cell/1", "cell": "0" * 64})
+    )
     (records / "kriegeskorte2008" / "truncated.json").write_text('{"schema": "rsabench.cell/1", "cell": ')
     (records / "foreign.json").write_text(json.dumps({"schema": "something/2"}))
 
 
 CASES = [
     # -- run: names ------------------------------------------------------------------------------
-    ("unknown-dataset", ["run", "--dataset", "kriegeskorte"], 2, "unknown dataset 'kriegeskorte'; did you mean 'kriegeskorte2008'"),
-    ("unknown-backbone", ["run", *FAST, "--backbone", "alexnett"], 2, "unknown backbone 'alexnett'; did you mean 'alexnet'"),
+    (
+        "unknown-dataset",
+        ["run", "--dataset", "kriegeskorte"],
+        2,
+        "unknown dataset 'kriegeskorte'; did you mean 'kriegeskorte2008'",
+    ),
+    (
+        "unknown-backbone",
+        ["run", *FAST, "--backbone", "alexnett"],
+        2,
+        "unknown backbone 'alexnett'; did you mean 'alexnet'",
+    ),
     ("unknown-timm-model", ["run", *FAST, "--backbone", "timm:resnet1800"], 2, "resnet1800"),
-    ("unknown-objective", ["run", *FAST, "--objective", "disim"], 2, "unknown objective 'disim'; did you mean 'dissim'"),
+    (
+        "unknown-objective",
+        ["run", *FAST, "--objective", "disim"],
+        2,
+        "unknown objective 'disim'; did you mean 'dissim'",
+    ),
     ("unknown-metric", ["run", *FAST, "--metric", "spearmn"], 2, "unknown metric 'spearmn'"),
     ("unknown-executor", ["run", *FAST, "--executor", "slurmm"], 2, "unknown executor 'slurmm'"),
     ("unknown-target", ["run", *FAST, "--target", "V1"], 2, "--target V1: not a target of this run"),
-    ("one-unknown-target", ["run", *FAST, "--target", "hIT", "--target", "V1"], 2, "--target V1: not a target of this run"),
-    ("unknown-layer", ["run", *FAST, "--layer", "features.99"], 2, "unknown layer 'features.99' for backbone torchvision:alexnet"),
+    (
+        "one-unknown-target",
+        ["run", *FAST, "--target", "hIT", "--target", "V1"],
+        2,
+        "--target V1: not a target of this run",
+    ),
+    (
+        "unknown-layer",
+        ["run", *FAST, "--layer", "features.99"],
+        2,
+        "unknown layer 'features.99' for backbone torchvision:alexnet",
+    ),
     ("unknown-loss-layer", ["run", *FAST, "--loss-layer", "conv9"], 2, "unknown layer 'conv9'"),
     ("bad-trainable", ["run", *FAST, "--trainable", "sideways"], 2, "invalid --trainable 'sideways'"),
     ("unknown-flag", ["run", "--epoch", "3"], 2, "error: rsabench run: No such option '--epoch'"),
     ("bad-choice", ["run", "--optimizer", "rmsprop"], 2, "Invalid value for '--optimizer'"),
     # -- run: repeated --------------------------------------------------------------------------
     ("repeated-seed", ["run", *FAST, "--seed", "1", "--seed", "1"], 2, "--seed 1: given twice"),
-    ("repeated-objective", ["run", *FAST, "--objective", "dissim", "--objective", "dissim"], 2, "--objective dissim: given twice"),
-    ("repeated-backbone-alias", ["run", *FAST, "--backbone", "alexnet", "--backbone", "torchvision:alexnet"], 2, "given twice (= alexnet)"),
-    ("repeated-layer", ["run", *FAST, "--layer", "features.1", "--layer", "features.1"], 2, "--layer features.1: given twice"),
+    (
+        "repeated-objective",
+        ["run", *FAST, "--objective", "dissim", "--objective", "dissim"],
+        2,
+        "--objective dissim: given twice",
+    ),
+    (
+        "repeated-backbone-alias",
+        ["run", *FAST, "--backbone", "alexnet", "--backbone", "torchvision:alexnet"],
+        2,
+        "given twice (= alexnet)",
+    ),
+    (
+        "repeated-layer",
+        ["run", *FAST, "--layer", "features.1", "--layer", "features.1"],
+        2,
+        "--layer features.1: given twice",
+    ),
     ("repeated-target", ["run", *FAST, "--target", "hIT", "--target", "hIT"], 2, "--target hIT: given twice"),
     # -- run: numbers -----------------------------------------------------------------------------
     ("negative-epochs", ["run", "--epochs", "-1"], 2, "Invalid value for '--epochs'"),
     ("tiny-image", ["run", "--image-size", "8"], 2, "Invalid value for '--image-size'"),
     ("huge-image", ["run", *FAST, "--image-size", "10000"], 2, "--image-size 10000 with --batch-size 32"),
-    ("image-too-small-for-net", ["run", "--weights", "random", "--image-size", "16", "--epochs", "1"], 2, "--image-size 16: backbone torchvision:alexnet cannot take"),
+    (
+        "image-too-small-for-net",
+        ["run", "--weights", "random", "--image-size", "16", "--epochs", "1"],
+        2,
+        "--image-size 16: backbone torchvision:alexnet cannot take",
+    ),
     ("lr-inf", ["run", *FAST, "--lr", "inf"], 2, "Invalid value for '--lr': 'inf' is not a finite number"),
     ("lr-zero", ["run", *FAST, "--lr", "0"], 2, "Invalid value for '--lr'"),
-    ("weight-decay-nan", ["run", *FAST, "--weight-decay", "nan"], 2, "Invalid value for '--weight-decay': 'nan' is not a finite number"),
+    (
+        "weight-decay-nan",
+        ["run", *FAST, "--weight-decay", "nan"],
+        2,
+        "Invalid value for '--weight-decay': 'nan' is not a finite number",
+    ),
     ("grad-clip-negative", ["run", *FAST, "--grad-clip", "-1"], 2, "Invalid value for '--grad-clip'"),
     ("seed-over-64-bits", ["run", *FAST, "--seed", str(2**64)], 2, "Invalid value for '--seed'"),
     ("seed-negative", ["run", *FAST, "--seed", "-1"], 2, "Invalid value for '--seed'"),
     ("split-seed-negative", ["run", *FAST, "--split-seed", "-1"], 2, "Invalid value for '--split-seed'"),
-    ("bootstrap-seed-huge", ["run", *FAST, "--bootstrap-seed", "99999999999999999999"], 2, "Invalid value for '--bootstrap-seed'"),
+    (
+        "bootstrap-seed-huge",
+        ["run", *FAST, "--bootstrap-seed", "99999999999999999999"],
+        2,
+        "Invalid value for '--bootstrap-seed'",
+    ),
     ("val-fraction-nan", ["run", *FAST, "--val-fraction", "nan"], 2, "Invalid value for '--val-fraction'"),
     ("fractions-sum", ["run", *FAST, "--val-fraction", "0.8"], 2, "--val-fraction and --test-fraction"),
     ("bad-device", ["run", *FAST, "--device", "tpu"], 2, "--device must be auto, cpu or cuda"),
@@ -109,49 +166,194 @@ CASES = [
     ("warmup-too-long", ["run", *FAST, "--warmup-epochs", "5"], 2, "--warmup-epochs"),
     # -- run: options ---------------------------------------------------------------------------
     ("dataset-option-no-equals", ["run", "--dataset-option", "noequals"], 2, "expected KEY=VALUE"),
-    ("dataset-option-unknown", ["run", *FAST, "--dataset-option", "n_per_grop=200"], 2, "--dataset-option n_per_grop: no dataset of this run takes option 'n_per_grop'"),
-    ("dataset-option-typo-synthetic", ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "n_per_grop=200"], 2, "did you mean 'n_per_group'"),
-    ("dataset-option-bad-value", ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "synthetic.n_per_group=abc"], 2, "option n_per_group expects"),
-    ("dataset-option-other-dataset", ["run", *FAST, "--dataset-option", "synthetic.noise=1"], 2, "no dataset 'synthetic' in this run"),
-    ("dataset-option-twice", ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "noise=1", "--dataset-option", "noise=2"], 2, "--dataset-option noise: given twice"),
-    ("objective-option-unknown", ["run", *FAST, "--objective-option", "dissim.foo=1"], 2, "objective 'dissim' has no option 'foo' (options: normalization, space)"),
-    ("objective-option-bad-value", ["run", *FAST, "--objective-option", "dissim.space=cosine"], 2, "invalid space 'cosine'"),
-    ("objective-option-nobody", ["run", *FAST, "--objective-option", "margin=1"], 2, "no objective of this run takes option 'margin'"),
+    (
+        "dataset-option-unknown",
+        ["run", *FAST, "--dataset-option", "n_per_grop=200"],
+        2,
+        "--dataset-option n_per_grop: no dataset of this run takes option 'n_per_grop'",
+    ),
+    (
+        "dataset-option-typo-synthetic",
+        ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "n_per_grop=200"],
+        2,
+        "did you mean 'n_per_group'",
+    ),
+    (
+        "dataset-option-bad-value",
+        ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "synthetic.n_per_group=abc"],
+        2,
+        "option n_per_group expects",
+    ),
+    (
+        "dataset-option-other-dataset",
+        ["run", *FAST, "--dataset-option", "synthetic.noise=1"],
+        2,
+        "no dataset 'synthetic' in this run",
+    ),
+    (
+        "dataset-option-twice",
+        ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "noise=1", "--dataset-option", "noise=2"],
+        2,
+        "--dataset-option noise: given twice",
+    ),
+    (
+        "objective-option-unknown",
+        ["run", *FAST, "--objective-option", "dissim.foo=1"],
+        2,
+        "objective 'dissim' has no option 'foo' (options: normalization, space)",
+    ),
+    (
+        "objective-option-bad-value",
+        ["run", *FAST, "--objective-option", "dissim.space=cosine"],
+        2,
+        "invalid space 'cosine'",
+    ),
+    (
+        "objective-option-nobody",
+        ["run", *FAST, "--objective-option", "margin=1"],
+        2,
+        "no objective of this run takes option 'margin'",
+    ),
     # -- run: files and places ------------------------------------------------------------------
-    ("weights-missing", ["run", "--weights", "/nonexistent/ckpt.pt", "--image-size", "64"], 2, "--weights /nonexistent/ckpt.pt: file not found"),
-    ("weights-garbage", ["run", "--weights", "{tmp}/garbage.pt", "--image-size", "64", "--epochs", "1"], 2, "not a readable PyTorch checkpoint"),
-    ("weights-wrong-arch", ["run", "--weights", "{tmp}/wrong-arch.pt", "--image-size", "64", "--epochs", "1"], 2, "does not fit this backbone"),
-    ("weights-nan", ["run", "--weights", "{tmp}/nan-alexnet.pt", "--image-size", "64", "--epochs", "1"], 2, "holds NaN or inf in 1 tensor(s) (first: features.0.weight)"),
+    (
+        "weights-missing",
+        ["run", "--weights", "/nonexistent/ckpt.pt", "--image-size", "64"],
+        2,
+        "--weights /nonexistent/ckpt.pt: file not found",
+    ),
+    (
+        "weights-garbage",
+        ["run", "--weights", "{tmp}/garbage.pt", "--image-size", "64", "--epochs", "1"],
+        2,
+        "not a readable PyTorch checkpoint",
+    ),
+    (
+        "weights-wrong-arch",
+        ["run", "--weights", "{tmp}/wrong-arch.pt", "--image-size", "64", "--epochs", "1"],
+        2,
+        "does not fit this backbone",
+    ),
+    (
+        "weights-nan",
+        ["run", "--weights", "{tmp}/nan-alexnet.pt", "--image-size", "64", "--epochs", "1"],
+        2,
+        "holds NaN or inf in 1 tensor(s) (first: features.0.weight)",
+    ),
     ("runs-dir-under-a-file", ["run", *FAST, "--runs-dir", "{tmp}/a-file/runs"], 2, "not a writable directory"),
-    ("runs-dir-in-proc", ["run", *FAST, "--runs-dir", "/proc/rsabench-runs"], 2, "--runs-dir /proc/rsabench-runs: not a writable directory"),
+    (
+        "runs-dir-in-proc",
+        ["run", *FAST, "--runs-dir", "/proc/rsabench-runs"],
+        2,
+        "--runs-dir /proc/rsabench-runs: not a writable directory",
+    ),
     ("runs-dir-is-a-file", ["run", *FAST, "--runs-dir", "{tmp}/a-file"], 2, "Invalid value for '--runs-dir'"),
     # -- score -----------------------------------------------------------------------------------
-    ("score-missing-file", ["score", "{tmp}/nope.npy", "--dataset", "kriegeskorte2008"], 2, "nope.npy: submission file not found"),
+    (
+        "score-missing-file",
+        ["score", "{tmp}/nope.npy", "--dataset", "kriegeskorte2008"],
+        2,
+        "nope.npy: submission file not found",
+    ),
     ("score-empty-file", ["score", "{tmp}/empty.npy", "--dataset", "kriegeskorte2008"], 2, "empty.npy: file is empty"),
-    ("score-constant-rdm", ["score", "{tmp}/constant.npy", "--dataset", "kriegeskorte2008"], 2, "the model RDM is constant"),
+    (
+        "score-constant-rdm",
+        ["score", "{tmp}/constant.npy", "--dataset", "kriegeskorte2008"],
+        2,
+        "the model RDM is constant",
+    ),
     ("score-nan-rdm", ["score", "{tmp}/nan.npy", "--dataset", "kriegeskorte2008"], 2, "nan.npy"),
     ("score-wrong-size", ["score", "{tmp}/small.npy", "--dataset", "kriegeskorte2008"], 2, "RDM is 10x10"),
     ("score-asymmetric", ["score", "{tmp}/asymmetric.npy", "--dataset", "kriegeskorte2008"], 2, "not symmetric"),
     ("score-pickled", ["score", "{tmp}/pickled.npy", "--dataset", "kriegeskorte2008"], 2, "pickled"),
-    ("score-unknown-split", ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--split", "test9"], 2, "unknown split 'test9'"),
-    ("score-bad-seed", ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--bootstrap-seed", "-1"], 2, "Invalid value for '--bootstrap-seed'"),
-    ("score-unknown-metric", ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--metric", "nope"], 2, "unknown metric 'nope'"),
-    ("score-unknown-convention", ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--convention", "nope"], 2, "unknown scoring convention 'nope'"),
+    (
+        "score-unknown-split",
+        ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--split", "test9"],
+        2,
+        "unknown split 'test9'",
+    ),
+    (
+        "score-bad-seed",
+        ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--bootstrap-seed", "-1"],
+        2,
+        "Invalid value for '--bootstrap-seed'",
+    ),
+    (
+        "score-unknown-metric",
+        ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--metric", "nope"],
+        2,
+        "unknown metric 'nope'",
+    ),
+    (
+        "score-unknown-convention",
+        ["score", "{tmp}/good.npy", "--dataset", "kriegeskorte2008", "--convention", "nope"],
+        2,
+        "unknown scoring convention 'nope'",
+    ),
     ("score-no-dataset", ["score", "{tmp}/good.npy"], 2, "Missing option '--dataset'"),
     # -- leaderboard -----------------------------------------------------------------------------
     ("leaderboard-no-dir", ["leaderboard", "--runs-dir", "{tmp}/nope"], 2, "no such directory"),
     ("leaderboard-only-bad-records", ["leaderboard", "--runs-dir", "{tmp}/records"], 2, "no rsabench records found"),
-    ("leaderboard-bad-format", ["leaderboard", "--runs-dir", "{tmp}/records", "--format", "xml"], 2, "Invalid value for '--format'"),
-    ("leaderboard-output-is-dir", ["leaderboard", "--runs-dir", "{tmp}/records", "--output", "{tmp}"], 2, "Invalid value for '--output'"),
+    (
+        "leaderboard-bad-format",
+        ["leaderboard", "--runs-dir", "{tmp}/records", "--format", "xml"],
+        2,
+        "Invalid value for '--format'",
+    ),
+    (
+        "leaderboard-output-is-dir",
+        ["leaderboard", "--runs-dir", "{tmp}/records", "--output", "{tmp}"],
+        2,
+        "Invalid value for '--output'",
+    ),
     # -- data ------------------------------------------------------------------------------------
-    ("import-empty-zip", ["data", "import", "algonauts-fmri", "{tmp}/empty.zip", "--data-dir", "{data}"], 2, "empty.zip: the .zip archive is empty"),
-    ("import-truncated-zip", ["data", "import", "algonauts-fmri", "{tmp}/truncated.zip", "--data-dir", "{data}"], 2, "truncated.zip"),
-    ("import-not-a-zip", ["data", "import", "algonauts-fmri", "{tmp}/not-a-zip.txt", "--data-dir", "{data}"], 2, "not a .zip archive or folder"),
-    ("import-unsafe-zip", ["data", "import", "algonauts-fmri", "{tmp}/unsafe.zip", "--data-dir", "{data}"], 2, "unsafe path in archive"),
-    ("import-missing-source", ["data", "import", "algonauts-fmri", "{tmp}/nope.zip", "--data-dir", "{data}"], 2, "nope.zip: not found"),
-    ("import-no-release", ["data", "import", "algonauts-fmri", "{tmp}/no-release", "--data-dir", "{data}"], 2, "no Training_Data/ or Test_Data/"),
-    ("import-embedded", ["data", "import", "kriegeskorte2008", "{tmp}/empty.zip", "--data-dir", "{data}"], 2, "is embedded in the package"),
-    ("import-data-dir-under-file", ["data", "import", "algonauts-fmri", "{tmp}/empty.zip", "--data-dir", "{tmp}/a-file/data"], 2, "--data-dir"),
+    (
+        "import-empty-zip",
+        ["data", "import", "algonauts-fmri", "{tmp}/empty.zip", "--data-dir", "{data}"],
+        2,
+        "empty.zip: the .zip archive is empty",
+    ),
+    (
+        "import-truncated-zip",
+        ["data", "import", "algonauts-fmri", "{tmp}/truncated.zip", "--data-dir", "{data}"],
+        2,
+        "truncated.zip",
+    ),
+    (
+        "import-not-a-zip",
+        ["data", "import", "algonauts-fmri", "{tmp}/not-a-zip.txt", "--data-dir", "{data}"],
+        2,
+        "not a .zip archive or folder",
+    ),
+    (
+        "import-unsafe-zip",
+        ["data", "import", "algonauts-fmri", "{tmp}/unsafe.zip", "--data-dir", "{data}"],
+        2,
+        "unsafe path in archive",
+    ),
+    (
+        "import-missing-source",
+        ["data", "import", "algonauts-fmri", "{tmp}/nope.zip", "--data-dir", "{data}"],
+        2,
+        "nope.zip: not found",
+    ),
+    (
+        "import-no-release",
+        ["data", "import", "algonauts-fmri", "{tmp}/no-release", "--data-dir", "{data}"],
+        2,
+        "no Training_Data/ or Test_Data/",
+    ),
+    (
+        "import-embedded",
+        ["data", "import", "kriegeskorte2008", "{tmp}/empty.zip", "--data-dir", "{data}"],
+        2,
+        "is embedded in the package",
+    ),
+    (
+        "import-data-dir-under-file",
+        ["data", "import", "algonauts-fmri", "{tmp}/empty.zip", "--data-dir", "{tmp}/a-file/data"],
+        2,
+        "--data-dir",
+    ),
     ("verify-unknown", ["data", "verify", "algonauts"], 2, "unknown dataset 'algonauts'"),
     ("info-unknown", ["data", "info", "nds"], 2, "unknown dataset 'nds'; did you mean 'nsd'"),
     # -- list ------------------------------------------------------------------------------------
@@ -254,7 +456,10 @@ def with_plugins(monkeypatch):
 @pytest.mark.parametrize(
     "dataset, fragment",
     [
-        ("returns-int", "dataset 'returns-int' (plugin 'broken'): its factory returned int, expected rsabench.dataset.Dataset"),
+        (
+            "returns-int",
+            "dataset 'returns-int' (plugin 'broken'): its factory returned int, expected rsabench.dataset.Dataset",
+        ),
         ("misnamed", "dataset 'misnamed' (plugin 'broken'): its factory returned a Dataset named 'kriegeskorte2008'"),
     ],
 )
@@ -270,7 +475,10 @@ def test_impostor_and_path_names_are_skipped_and_named(with_plugins, capsys):
     assert plugins.datasets.entries["kriegeskorte2008"].plugin == "rsabench.datasets"
     code, out, err = run_cli(capsys, ["list", "datasets"])
     assert code == 0 and "kriegeskorte2008" in out
-    assert "plugin 'impostor' skipped: dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'" in err
+    assert (
+        "plugin 'impostor' skipped: dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'"
+        in err
+    )
     assert "plugin 'escape' skipped: invalid objective name '..'" in err
     assert isinstance(plugins.datasets.get("kriegeskorte2008")(None), Dataset)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nsd_fixture import CLASSES, LH_ONLY_EMPTY, make_nsd_fixture
 from PIL import Image
+from precision import F64, U64, correlation_distance_tolerance
 from scipy.spatial.distance import pdist, squareform
 
-from nsd_fixture import CLASSES, LH_ONLY_EMPTY, make_nsd_fixture
-from precision import F64, U64, correlation_distance_tolerance
 from rsabench import testing
 from rsabench.builtin import nsd
 from rsabench.errors import DataError, UsageError
@@ -285,8 +285,9 @@ def test_checksums_follow_the_selected_data(small):
     np.save(path, arr)
     b = nsd.load(data_dir, rois="OPA").checksums
     assert a[key] != b[key]
-    assert a["subj02/training_split/training_fmri/lh_training_fmri.npy[selected]"] == b[
-        "subj02/training_split/training_fmri/lh_training_fmri.npy[selected]"
-    ]
+    assert (
+        a["subj02/training_split/training_fmri/lh_training_fmri.npy[selected]"]
+        == b["subj02/training_split/training_fmri/lh_training_fmri.npy[selected]"]
+    )
     shutil.rmtree(fx.root / "subj02")
     assert not any(k.startswith("subj02") for k in nsd.load(data_dir, rois="OPA").checksums)

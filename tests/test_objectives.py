@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from precision import F64, U64, correlation_distance_tolerance, correlation_tolerance, mean_tolerance, zscore_tolerance
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr
 from scipy.stats import zscore as scipy_zscore
 
-from precision import F64, U64, correlation_distance_tolerance, correlation_tolerance, mean_tolerance, zscore_tolerance
 from rsabench.builtin.basic_objectives import Dissim, Frozen
 from rsabench.builtin.similarity_objectives import CKA, Contrastive, RDMCorrelation
 from rsabench.errors import UsageError
@@ -53,11 +53,11 @@ def kornblith_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-def gram_cka(k: np.ndarray, l: np.ndarray) -> float:
-    """<HKH, HLH>_F / (||HKH|| ||HLH||) with an explicit centring matrix H."""
+def gram_cka(k: np.ndarray, k2: np.ndarray) -> float:
+    """<HKH, HLH>_F / (||HKH|| ||HLH||) (L = ``k2``) with an explicit centring matrix H."""
     n = len(k)
     h = np.eye(n) - np.ones((n, n)) / n
-    kc, lc = h @ k @ h, h @ l @ h
+    kc, lc = h @ k @ h, h @ k2 @ h
     return float(np.sum(kc * lc) / (np.linalg.norm(kc) * np.linalg.norm(lc)))
 
 
@@ -340,8 +340,17 @@ def test_plain_options_go_to_the_objectives_that_take_them():
     names = ["frozen", "dissim", "contrastive"]
     accepted = {n: accepted_options(get_plugins().objectives.get(n)) for n in names}
     assert accepted["dissim"] == ("normalization", "space") and accepted["frozen"] == ()
-    routed = route_options("--objective-option", "objective", [("normalization", "zscore"), ("contrastive.normalization", "none"), ("margin", "0.5")], accepted)
-    assert routed == {"frozen": {}, "dissim": {"normalization": "zscore"}, "contrastive": {"normalization": "none", "margin": "0.5"}}
+    routed = route_options(
+        "--objective-option",
+        "objective",
+        [("normalization", "zscore"), ("contrastive.normalization", "none"), ("margin", "0.5")],
+        accepted,
+    )
+    assert routed == {
+        "frozen": {},
+        "dissim": {"normalization": "zscore"},
+        "contrastive": {"normalization": "none", "margin": "0.5"},
+    }
 
 
 # -- generic contract: every registered objective that trains -------------------------------------
@@ -412,7 +421,10 @@ def test_objective_contract(name):
 #   best *random* layer, is a poor place to learn invariance).
 ACCEPTANCE: dict[str, dict] = {
     "early": {"dataset": (("n_per_group", "96"),), "train": dict(epochs=3, batch_size=16, lr=1e-4, loss_layer="auto")},
-    "late": {"dataset": (("n_per_group", "192"),), "train": dict(epochs=15, batch_size=32, lr=3e-4, loss_layer="features.11")},
+    "late": {
+        "dataset": (("n_per_group", "192"),),
+        "train": dict(epochs=15, batch_size=32, lr=3e-4, loss_layer="features.11"),
+    },
 }
 # per-objective `--objective-option` values (all defaults work; listed so a new built-in must be added)
 ACCEPTANCE_OBJECTIVES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -439,7 +451,12 @@ def synthetic_runs(tmp_path_factory):
         if target not in cache:
             cfg = ACCEPTANCE[target]
             opts = RunOptions(
-                weights="random", image_size=64, device="cpu", dataset_options=cfg["dataset"], objective_options=options, **cfg["train"]
+                weights="random",
+                image_size=64,
+                device="cpu",
+                dataset_options=cfg["dataset"],
+                objective_options=options,
+                **cfg["train"],
             )
             session = Session(plugins, opts)
 
@@ -480,8 +497,13 @@ def test_objective_beats_frozen_on_held_out_synthetic_images(synthetic_runs, tar
     for key, score in scores.items():
         assert score.n_images == base[key].n_images == n_test
         delta, lo, hi = paired_delta(score, base[key])
-        print(f"{target} {name} {key[1]}: {score.raw:.4f} vs frozen {base[key].raw:.4f}, delta {delta:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-        assert delta > 0 and lo > 0, f"{name} vs frozen, {target} {key}: delta {delta:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
+        print(
+            f"{target} {name} {key[1]}: {score.raw:.4f} vs frozen {base[key].raw:.4f}, delta {delta:+.4f} [{lo:+.4f}, "
+            f"{hi:+.4f}]"
+        )
+        assert delta > 0 and lo > 0, (
+            f"{name} vs frozen, {target} {key}: delta {delta:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
+        )
 
 
 @pytest.mark.slow

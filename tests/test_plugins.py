@@ -21,14 +21,20 @@ def _registry(*entries: Entry) -> Registry:
 
 
 def test_wildcards_aliases_and_suggestions():
-    reg = _registry(Entry("vgg16", lambda: 1, aliases=("vgg",), plugin="test"), Entry("vgg19", lambda: 2, plugin="test"), Entry("alexnet", lambda: 3, plugin="test"))
+    reg = _registry(
+        Entry("vgg16", lambda: 1, aliases=("vgg",), plugin="test"),
+        Entry("vgg19", lambda: 2, plugin="test"),
+        Entry("alexnet", lambda: 3, plugin="test"),
+    )
     assert reg.names("vgg*") == ["vgg16", "vgg19"]
     assert reg.get("vgg")() == 1
     with pytest.raises(UsageError, match=r"did you mean 'alexnet'"):
         reg.get("alexnt")
     with pytest.raises(UsageError, match="unknown backbone 'zzz'"):
         reg.get("zzz")
-    assert reg.conflicts([Entry("vgg16", lambda: 4, plugin="other")], "other") == ["backbone 'vgg16' is already registered by plugin 'test'"]
+    assert reg.conflicts([Entry("vgg16", lambda: 4, plugin="other")], "other") == [
+        "backbone 'vgg16' is already registered by plugin 'test'"
+    ]
     assert "already registered" in reg.conflicts([Entry("new", lambda: 4, aliases=("vgg",))], "other")[0]
 
 
@@ -97,10 +103,14 @@ def test_builtins_cannot_be_hijacked_and_the_impostor_is_named():
     assert set(plugins.datasets.names()) >= {"kriegeskorte2008", "synthetic", "nsd", "algonauts-fmri", "algonauts-meg"}
     assert "my-fine-dataset" not in plugins.datasets.names()
     assert plugins.load_errors["impostor"] == [
-        "dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'; none of its datasets were registered"
+        "dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'; none of its datasets were "
+        "registered"
     ]
     assert "impostor-objective" in plugins.objectives.names()  # its other hook is unaffected
-    assert plugins.load_errors["thief"] == ["backbone 'timm:resnet18' is already registered by plugin 'rsabench.backbones'; none of its backbones were registered"]
+    assert plugins.load_errors["thief"] == [
+        "backbone 'timm:resnet18' is already registered by plugin 'rsabench.backbones'; none of its backbones were "
+        "registered"
+    ]
     assert plugins.backbones.plugin_of("timm:resnet18") == "rsabench.backbones"
     assert not any(n.startswith("rsabench") for n in plugins.load_errors)
 
@@ -117,8 +127,16 @@ def test_cell_hash_covers_only_the_plugins_a_cell_uses():
     more = build_plugins(extra={"good": GoodPlugin(), "bad": RaisingPlugin()})
     kw = dict(dataset="kriegeskorte2008", backbone="alexnet", objective="dissim", metric="spearman")
     assert base.used_versions(**kw) == more.used_versions(**kw)
-    assert set(base.used_versions(**kw)) == {"rsabench.datasets", "rsabench.backbones", "rsabench.objectives", "rsabench.metrics"}
-    assert more.used_versions(dataset="kriegeskorte2008", backbone="alexnet", objective="toy", metric="spearman")["good"] == "local"
+    assert set(base.used_versions(**kw)) == {
+        "rsabench.datasets",
+        "rsabench.backbones",
+        "rsabench.objectives",
+        "rsabench.metrics",
+    }
+    assert (
+        more.used_versions(dataset="kriegeskorte2008", backbone="alexnet", objective="toy", metric="spearman")["good"]
+        == "local"
+    )
 
 
 def test_entry_point_that_fails_to_import_is_reported_by_name(tmp_path, monkeypatch):
@@ -138,7 +156,9 @@ def test_cli_reports_broken_plugin_without_crashing(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[rsabench]\nbroken = brokenplugin_does_not_exist\n")
     env = {"PYTHONPATH": str(tmp_path), "PATH": ""}
-    out = subprocess.run([sys.executable, "-m", "rsabench.cli", "list", "objectives"], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsabench.cli", "list", "objectives"], capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert "brokenplugin.broken" in out.stderr and "skipped" in out.stderr
     assert "frozen" in out.stdout

@@ -8,11 +8,11 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
+from precision import F64, U32, U64, central_difference_tolerance, correlation_distance_tolerance
 from scipy.spatial.distance import cosine as scipy_cosine
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr, rankdata, spearmanr
 
-from precision import F64, U32, U64, central_difference_tolerance, correlation_distance_tolerance
 from rsabench.rsa import (
     CosineMetric,
     KendallTauAMetric,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from precision import F64, U64, gamma, mean_tolerance
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
-from precision import F64, U64, gamma, mean_tolerance
-from rsabench.rsa import CosineMetric, KendallTauAMetric, PearsonMetric, SpearmanMetric, upper_tri
 from rsabench.errors import CellFailure
+from rsabench.rsa import CosineMetric, KendallTauAMetric, PearsonMetric, SpearmanMetric, upper_tri
 from rsabench.scoring import Score, TargetScorer, model_rdm_problem, paired_delta
 
 pytest.importorskip("rsatoolbox")
@@ -155,7 +155,7 @@ def test_score_many_matches_single_scores(rdms, animacy_rdm):
     models = np.stack([animacy_rdm, rdms[0, 0], rdms[3, 1]])
     many = scorer.score_many(models)
     assert len(many) == 3
-    for m, s in zip(models, many):
+    for m, s in zip(models, many, strict=True):
         single = scorer.score(m)
         # one model (gemv) vs three (gemm): 1035-term unit-vector inner products in another order differ by up to
         # 2·gamma_p(1035) ≈ 5.7e-14, quantiles of means by no more: precision.F64

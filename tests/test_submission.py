@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from algonauts_fixture import correlation_rdms, make_release, write_mat5, write_mat73
+from precision import F64, U64, ttest_p_tolerance
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr, ttest_1samp
 
-from precision import F64, U64, ttest_p_tolerance
 from rsabench.builtin import algonauts
 from rsabench.errors import DataError, UsageError
 from rsabench.submission import score_submission
@@ -52,8 +52,12 @@ def fmri(shared_data):
 def test_example_submission_matches_the_devkit(fmri, shared_data):
     rows = score_submission(shared_data / "algonauts2019/Test_Data/submit_fmri.mat", fmri, "test")
     assert [(r["convention"], r["target"]) for r in rows] == [
-        ("algonauts2019", "EVC"), ("algonauts2019", "IT"), ("algonauts2019", "score"),
-        ("computed", "EVC"), ("computed", "IT"), ("computed", "score"),
+        ("algonauts2019", "EVC"),
+        ("algonauts2019", "IT"),
+        ("algonauts2019", "score"),
+        ("computed", "EVC"),
+        ("computed", "IT"),
+        ("computed", "score"),
     ]
     # the official devkit prints EVC 6.58 %, IT 8.22 %, score 7.41 % of the noise ceiling; ours lie >= 3e-5 from
     # a rounding boundary (8.224966...), far beyond their float64 error (100·F64/nc ≈ 2e-9)
@@ -100,7 +104,9 @@ def test_ts2_and_training_splits(fmri, shared_data):
     layer = shared_data / "algonauts2019/model_rdms/92images_rdms/alexnet/pearson/conv1/submit_fmri.mat"
     rows = score_submission(layer, fmri, "train-92", conventions=["algonauts2019"])
     assert by(rows, "algonauts2019", "IT")["ceiling_upper"] == 0.3075  # the devkit constant, copied: exact
-    with pytest.raises(DataError, match=r"conv1/submit_fmri.mat: EVC_RDMs: RDM is 92x92 but group '78' .* has 78 images"):
+    with pytest.raises(
+        DataError, match=r"conv1/submit_fmri.mat: EVC_RDMs: RDM is 92x92 but group '78' .* has 78 images"
+    ):
         score_submission(layer, fmri, "test")
     with pytest.raises(UsageError, match=r"unknown split 'validation'; known: train-92, train-118, test, test2"):
         score_submission(layer, fmri, "validation")
@@ -110,7 +116,11 @@ def test_ts2_and_training_splits(fmri, shared_data):
 
 def test_score_by_dataset_name(shared_data):
     rows = score_submission(
-        shared_data / "algonauts2019/Test_Data/submit_fmri.mat", "algonauts-fmri", "test", ["algonauts2019"], data_dir=shared_data
+        shared_data / "algonauts2019/Test_Data/submit_fmri.mat",
+        "algonauts-fmri",
+        "test",
+        ["algonauts2019"],
+        data_dir=shared_data,
     )
     assert round(by(rows, "algonauts2019", "score")["normalized"], 2) == 7.41
 
@@ -180,8 +190,14 @@ def test_bad_submissions_name_the_file(tmp_path, small):
     good = _model(10)
     cases = {
         "missing_key.mat": ({"EVC_RDMs": good}, r"missing key 'IT_RDMs' \(keys present: 'EVC_RDMs'\)"),
-        "wrong_size.mat": ({"EVC_RDMs": _model(11), "IT_RDMs": _model(11)}, r"EVC_RDMs: RDM is 11x11 but group '78' .* \(expected 10x10\)"),
-        "stack.mat": ({"EVC_RDMs": np.stack([good, good]), "IT_RDMs": good}, r"EVC_RDMs: expected one 10x10 model RDM, got shape \(2, 10, 10\)"),
+        "wrong_size.mat": (
+            {"EVC_RDMs": _model(11), "IT_RDMs": _model(11)},
+            r"EVC_RDMs: RDM is 11x11 but group '78' .* \(expected 10x10\)",
+        ),
+        "stack.mat": (
+            {"EVC_RDMs": np.stack([good, good]), "IT_RDMs": good},
+            r"EVC_RDMs: expected one 10x10 model RDM, got shape \(2, 10, 10\)",
+        ),
     }
     asym = good.copy()
     asym[0, 1] += 0.5
@@ -196,7 +212,9 @@ def test_bad_submissions_name_the_file(tmp_path, small):
         assert str(path) in str(info.value)
     npy = tmp_path / "one.npy"
     np.save(npy, good)
-    with pytest.raises(DataError, match=r"one.npy: a .npy file holds one RDM, but algonauts-fmri needs EVC_RDMs, IT_RDMs"):
+    with pytest.raises(
+        DataError, match=r"one.npy: a .npy file holds one RDM, but algonauts-fmri needs EVC_RDMs, IT_RDMs"
+    ):
         score_submission(npy, small, "test")
     trunc = write_mat73(tmp_path / "trunc.mat", {"EVC_RDMs": good, "IT_RDMs": good})
     trunc.write_bytes(trunc.read_bytes()[:1500])

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from precision import F64, U64, correlation_distance_tolerance
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import spearmanr
 
@@ -17,7 +18,6 @@ from rsabench.builtin import synthetic
 from rsabench.errors import UsageError
 from rsabench.plugins import get_plugins
 from rsabench.rsa import SpearmanMetric
-from precision import F64, U64, correlation_distance_tolerance
 from rsabench.scoring import TargetScorer
 
 N = 48
@@ -71,14 +71,14 @@ def test_shapes_groups_and_metadata(default):
 def test_same_seed_is_byte_identical_and_other_seeds_differ(default):
     again = synthetic.load(seed=0)
     # the same seeded operations twice in one process: bit-identical (not across machines; nothing here needs that)
-    for a, b in zip(*map(_arrays, (default, again))):
-        for x, y in zip(a, b):
+    for a, b in zip(*map(_arrays, (default, again)), strict=True):
+        for x, y in zip(a, b, strict=True):
             assert x.tobytes() == y.tobytes()
     assert default.checksums == again.checksums
     other = synthetic.load(seed=1)
     (imgs0, rdms0), (imgs1, rdms1) = _arrays(default), _arrays(other)
-    assert all(not np.array_equal(x, y) for x, y in zip(imgs0, imgs1))
-    assert all(not np.array_equal(x, y) for x, y in zip(rdms0, rdms1))
+    assert all(not np.array_equal(x, y) for x, y in zip(imgs0, imgs1, strict=True))
+    assert all(not np.array_equal(x, y) for x, y in zip(rdms0, rdms1, strict=True))
     assert default.checksums != other.checksums
 
 
@@ -99,8 +99,17 @@ def test_string_options_from_the_cli_are_coerced():
 
 @pytest.mark.parametrize(
     "option, value",
-    [("n_per_group", "abc"), ("n_per_group", 2), ("seed", "1.5"), ("seed", -1), ("subjects", 0),
-     ("noise", "-0.1"), ("noise", "nan"), ("image_size", 8), ("image_size", True)],
+    [
+        ("n_per_group", "abc"),
+        ("n_per_group", 2),
+        ("seed", "1.5"),
+        ("seed", -1),
+        ("subjects", 0),
+        ("noise", "-0.1"),
+        ("noise", "nan"),
+        ("image_size", 8),
+        ("image_size", True),
+    ],
 )
 def test_bad_options_name_the_option(option, value):
     with pytest.raises(UsageError, match=rf"'synthetic'.*option {option} expects"):
@@ -173,8 +182,9 @@ def test_true_late_rdm_reaches_the_ceiling_and_early_does_not(default, generated
         assert abs(true_early) < 0.3 * scorer.ceiling_upper
         # independent check of the scorer's raw value: mean over subjects of scipy's Spearman
         i, j = np.triu_indices(N, k=1)
-        ref = np.mean([spearmanr(generated.true_rdms["late", g][i, j], s[0, i, j])[0]
-                       for s in default.target("late", g).rdms])
+        ref = np.mean(
+            [spearmanr(generated.true_rdms["late", g][i, j], s[0, i, j])[0] for s in default.target("late", g).rdms]
+        )
         assert true_late == pytest.approx(ref, abs=F64)  # float64 Spearman, 1128 pairs, two ways
 
 
@@ -203,7 +213,9 @@ def test_a_random_network_does_not_already_match_the_late_target(default):
             features = extractor(x)["f"].reshape(N, -1).numpy()
         target = default.target("late", g).rdms.mean(axis=(0, 1))[i, j]
         ceiling = TargetScorer(default.target("late", g).rdms, SpearmanMetric()).ceiling_upper
-        for name, rdm in (("pixels", pdist(images.reshape(N, -1).astype(float), "correlation")),
-                          ("random alexnet", pdist(features, "correlation"))):
+        for name, rdm in (
+            ("pixels", pdist(images.reshape(N, -1).astype(float), "correlation")),
+            ("random alexnet", pdist(features, "correlation")),
+        ):
             rho = spearmanr(rdm, target)[0]
             assert abs(rho) < 0.25 * ceiling, f"{name} on group {g}: rho {rho:.3f}, ceiling {ceiling:.3f}"

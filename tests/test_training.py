@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from precision import F64, U64
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from precision import F64, U64
 from rsabench import training
 from rsabench.errors import UsageError
 from rsabench.objective import Objective
@@ -62,7 +62,13 @@ class PairMSE(Objective):
 def tiny_net(bn: bool = True, seed: int = 0) -> nn.Sequential:
     """conv - BatchNorm - ReLU - conv - ReLU; layers are named "0" … "4"."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6) if bn else nn.Identity(), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6) if bn else nn.Identity(),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2),
+        nn.ReLU(),
+    )
 
 
 def tiny_data(n: int = 12, size: int = 8, dtype: torch.dtype = torch.float32):
@@ -91,7 +97,10 @@ def reseed(seed: int = 0) -> None:
     [
         ({"epochs": 4}, [1, 1, 1, 1]),
         ({"epochs": 5, "warmup_epochs": 2}, [1 / 3, 2 / 3, 1, 1, 1]),
-        ({"epochs": 4, "lr_schedule": "cosine"}, [1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]),
+        (
+            {"epochs": 4, "lr_schedule": "cosine"},
+            [1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2],
+        ),
         ({"epochs": 3, "warmup_epochs": 1, "lr_schedule": "cosine"}, [0.5, 1, 0.5]),
         ({"epochs": 6, "lr_schedule": "step", "lr_step": 2, "lr_gamma": 0.5}, [1, 1, 0.5, 0.5, 0.25, 0.25]),
         ({"epochs": 9, "lr_schedule": "step"}, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01]),  # auto: a third, x0.1
@@ -171,10 +180,10 @@ def test_grad_clip_bounds_the_update(clip_fraction):
     # float64: the trainer's gradient (its own batch order) and the reference are the same sums computed two
     # ways, |Δg| <= F64·g0; its clip coefficient uses its own norm (another F64 relative); b - lr·g rounds to
     # 1 ulp of |b|, which the subtraction p - b keeps
-    for p, b, g in zip(model.parameters(), before, grads):
+    for p, b, g in zip(model.parameters(), before, grads, strict=True):
         tol = lr * scale * 2 * F64 * g0 + 2 * U64 * float(b.abs().max())
         torch.testing.assert_close(p.detach() - b, -lr * scale * g, rtol=0, atol=tol)
-    step = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(model.parameters(), before)))
+    step = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(model.parameters(), before, strict=True)))
     b_norm = math.sqrt(sum(float((b**2).sum()) for b in before))
     assert step / lr == pytest.approx(scale * g0, rel=2 * F64 + 2 * U64 * b_norm / (lr * scale * g0))
     if clip:
@@ -220,7 +229,7 @@ def test_amp_and_channels_last_train_on_cuda(amp):
     s = TrainSettings(epochs=2, batch_size=4, lr=0.01, optimizer="sgd", amp=amp, grad_clip=1.0)
     result = run_tiny(model.to(memory_format=torch.channels_last), s, device="cuda", channels_last=True)
     assert all(math.isfinite(v) for v in result.train_loss)
-    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before, strict=True))
 
 
 # -- BatchNorm ----------------------------------------------------------------------------------------
@@ -319,7 +328,9 @@ def test_early_stopping(patience, values, epochs_run, best_epoch):
         states[epoch] = copy.deepcopy(model.state_dict())
         return values[epoch]
 
-    result = run_tiny(model, TrainSettings(epochs=5, batch_size=4, lr=0.05, optimizer="sgd", patience=patience), evaluate)
+    result = run_tiny(
+        model, TrainSettings(epochs=5, batch_size=4, lr=0.05, optimizer="sgd", patience=patience), evaluate
+    )
     assert calls == list(range(epochs_run + 1))
     assert (result.epochs_run, result.best_epoch, result.best_value) == (epochs_run, best_epoch, values[best_epoch])
     assert result.stopped_early == (epochs_run < 5)
@@ -332,7 +343,9 @@ VALUES = {0: 0.1, 1: 0.3, 2: 0.2, 3: 0.25}  # best epoch 1: the best state must 
 
 
 def resumable_settings() -> TrainSettings:
-    return TrainSettings(epochs=3, batch_size=4, lr=0.05, optimizer="sgd", lr_schedule="cosine", adapt_bn=True, grad_clip=0.5)
+    return TrainSettings(
+        epochs=3, batch_size=4, lr=0.05, optimizer="sgd", lr_schedule="cosine", adapt_bn=True, grad_clip=0.5
+    )
 
 
 def test_killed_training_resumes_bit_identically(tmp_path):
@@ -344,7 +357,13 @@ def test_killed_training_resumes_bit_identically(tmp_path):
     killed = tiny_net()
     ckpt_dir = tmp_path / "cell.ckpt"
     with pytest.raises(Killed):  # 3 steps per epoch: dies in the middle of epoch 2
-        run_tiny(killed, resumable_settings(), VALUES.__getitem__, PairMSE(jitter=True, kill_at=5), checkpoint=Checkpointer(ckpt_dir, "c" * 64))
+        run_tiny(
+            killed,
+            resumable_settings(),
+            VALUES.__getitem__,
+            PairMSE(jitter=True, kill_at=5),
+            checkpoint=Checkpointer(ckpt_dir, "c" * 64),
+        )
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model-e1.pt", "state.pt"]
 
     reseed()  # a new process: same seeds, fresh model
@@ -356,12 +375,22 @@ def test_killed_training_resumes_bit_identically(tmp_path):
         calls.append(epoch)
         return VALUES[epoch]
 
-    out = run_tiny(resumed, resumable_settings(), evaluate, PairMSE(jitter=True), checkpoint=Checkpointer(ckpt_dir, "c" * 64, note=notes.append))
+    out = run_tiny(
+        resumed,
+        resumable_settings(),
+        evaluate,
+        PairMSE(jitter=True),
+        checkpoint=Checkpointer(ckpt_dir, "c" * 64, note=notes.append),
+    )
     assert calls == [2, 3] and out.resumed_from_epoch == 1 and "resumed" in notes[0]
     # resumed from bitwise-restored weights, optimizer and RNG states, then the same operations in the same order on
     # the same machine: bit-identical, so exact comparisons
     assert (out.train_loss, out.lr, out.grad_norm) == (ref.train_loss, ref.lr, ref.grad_norm)
-    assert (out.best_epoch, out.best_value, out.epochs_run) == (ref.best_epoch, ref.best_value, ref.epochs_run) == (1, 0.3, 3)
+    assert (
+        (out.best_epoch, out.best_value, out.epochs_run)
+        == (ref.best_epoch, ref.best_value, ref.epochs_run)
+        == (1, 0.3, 3)
+    )
     for k, v in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
         assert torch.equal(out.best_state[k], ref.best_state[k]), k
@@ -399,7 +428,13 @@ def test_checkpointing_does_not_change_the_numbers(tmp_path):
     reseed()
     a = run_tiny(tiny_net(), resumable_settings(), VALUES.__getitem__, PairMSE(jitter=True))
     reseed()
-    b = run_tiny(tiny_net(), resumable_settings(), VALUES.__getitem__, PairMSE(jitter=True), checkpoint=Checkpointer(tmp_path / "x", "c" * 64))
+    b = run_tiny(
+        tiny_net(),
+        resumable_settings(),
+        VALUES.__getitem__,
+        PairMSE(jitter=True),
+        checkpoint=Checkpointer(tmp_path / "x", "c" * 64),
+    )
     assert (a.train_loss, a.grad_norm, a.best_epoch) == (b.train_loss, b.grad_norm, b.best_epoch)  # same ops: exact
     assert b.resumed_from_epoch is None
 
@@ -414,7 +449,10 @@ def test_unusable_checkpoint_means_a_fresh_start(damage, tmp_path):
     calls: list[int] = []
     cell = "a" * 64 if damage == "garbage" else "b" * 64
     result = run_tiny(
-        tiny_net(), TrainSettings(epochs=1, batch_size=4), lambda e: calls.append(e) or 0.0, checkpoint=Checkpointer(ckpt_dir, cell, note=notes.append)
+        tiny_net(),
+        TrainSettings(epochs=1, batch_size=4),
+        lambda e: calls.append(e) or 0.0,
+        checkpoint=Checkpointer(ckpt_dir, cell, note=notes.append),
     )
     assert result.resumed_from_epoch is None and calls == [0, 1]
     assert len(notes) == 1 and notes[0].endswith("training from scratch")
@@ -422,8 +460,15 @@ def test_unusable_checkpoint_means_a_fresh_start(damage, tmp_path):
 
 # -- whole cells through the Python API ---------------------------------------------------------------
 CELL_OPTIONS = dict(
-    weights="random", epochs=3, image_size=32, batch_size=16, lr=1e-3, device="cpu",
-    layers=("features.1", "features.4", "features.7", "features.11"), lr_schedule="cosine", grad_clip=1.0,
+    weights="random",
+    epochs=3,
+    image_size=32,
+    batch_size=16,
+    lr=1e-3,
+    device="cpu",
+    layers=("features.1", "features.4", "features.7", "features.11"),
+    lr_schedule="cosine",
+    grad_clip=1.0,
 )
 
 
@@ -438,9 +483,14 @@ def run_once(runs_dir: Path, **extra):
 
 def numbers(record: dict) -> str:
     """Everything a result depends on (NaN-safe through JSON), minus how the run got there."""
-    train_info = {k: v for k, v in record["curves"]["training"].items() if k not in ("resumed_from_epoch", "checkpoint")}
+    train_info = {
+        k: v for k, v in record["curves"]["training"].items() if k not in ("resumed_from_epoch", "checkpoint")
+    }
     keys = ("cell", "config", "selection", "scores", "per_layer_final", "splits")
-    return json.dumps({**{k: record[k] for k in keys}, "validation": record["curves"]["validation"], "training": train_info}, sort_keys=True)
+    return json.dumps(
+        {**{k: record[k] for k in keys}, "validation": record["curves"]["validation"], "training": train_info},
+        sort_keys=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -515,7 +565,13 @@ def test_what_enters_the_cell_hash(tmp_path):
         return Session(plugins, options).plan(["kriegeskorte2008"], ["alexnet"], ["dissim"], [0], [], tmp_path)[0].cell
 
     base = cell_of()
-    for change in ({"grad_clip": 0.5}, {"amp": "bf16"}, {"adapt_bn": True}, {"lr_schedule": "constant"}, {"warmup_epochs": 1}):
+    for change in (
+        {"grad_clip": 0.5},
+        {"amp": "bf16"},
+        {"adapt_bn": True},
+        {"lr_schedule": "constant"},
+        {"warmup_epochs": 1},
+    ):
         assert cell_of(**change) != base, change
     for same in ({"channels_last": True}, {"keep_checkpoints": True}, {"lr_gamma": 0.5}, {"device": "cpu"}):
         assert cell_of(**same) == base, same

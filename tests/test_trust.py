@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from algonauts_fixture import make_release
+
 from rsabench import records
 from rsabench.cli import main
 from rsabench.errors import CellFailure, DataError
@@ -59,7 +59,9 @@ def test_reference_data_lookup(monkeypatch, tmp_path):
     assert conftest.shared_data_path() == tmp_path
     monkeypatch.delenv("RSABENCH_TEST_DATA")
     found = conftest.shared_data_path()
-    assert found is None or (found.name == "data" and found.parent.name == "shared" and found.parent.parent in ROOT.parents)
+    assert found is None or (
+        found.name == "data" and found.parent.name == "shared" and found.parent.parent in ROOT.parents
+    )
 
 
 # -- 2. no code runs from a data file -------------------------------------------------------------
@@ -123,7 +125,7 @@ def test_source_never_unpickles():
 
 # -- 3. a plugin discovered first cannot hijack a built-in ------------------------------------------
 def _impostor_package(tmp_path: Path) -> Path:
-    """An installed distribution 'aaa-impostor' (sorted, discovered before anything else) registering a built-in name."""
+    """An installed distribution 'aaa-impostor' (discovered before anything else) registering a built-in name."""
     (tmp_path / "aaa_impostor.py").write_text(
         "from rsabench.hookspecs import hookimpl\n"
         "@hookimpl\n"
@@ -144,23 +146,35 @@ def test_entry_point_plugin_cannot_replace_a_builtin(tmp_path, monkeypatch):
     assert plugins.datasets.plugin_of("kriegeskorte2008") == "rsabench.datasets"
     assert "own-dataset" not in plugins.datasets.names()  # the hook is refused whole
     assert plugins.load_errors["aaa-impostor.impostor"] == [
-        "dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'; none of its datasets were registered"
+        "dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'; none of its datasets were "
+        "registered"
     ]
     assert {"kriegeskorte2008", "synthetic", "nsd", "algonauts-fmri", "algonauts-meg"} <= set(plugins.datasets.names())
 
 
 def test_cli_runs_the_builtin_when_an_impostor_is_installed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(_impostor_package(tmp_path))}
-    out = subprocess.run([sys.executable, "-m", "rsabench.cli", "data", "info", "kriegeskorte2008", "--format", "json"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsabench.cli", "data", "info", "kriegeskorte2008", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["looks_in"] == "embedded in the rsabench package"
-    assert "plugin 'aaa-impostor.impostor' skipped: dataset 'kriegeskorte2008' is already registered by plugin 'rsabench.datasets'" in out.stderr
+    assert (
+        "plugin 'aaa-impostor.impostor' skipped: dataset 'kriegeskorte2008' is already registered by plugin "
+        "'rsabench.datasets'" in out.stderr
+    )
 
 
 # -- 4. the cell hash covers every input file, and only the plugins a cell uses ---------------------
 def _plan(data_dir: Path, runs: Path, plugins=None, **options):
-    session = Session(plugins or get_plugins(), RunOptions(weights="random", image_size=32, epochs=1, data_dir=str(data_dir), **options))
+    session = Session(
+        plugins or get_plugins(),
+        RunOptions(weights="random", image_size=32, epochs=1, data_dir=str(data_dir), **options),
+    )
     return session.plan(["algonauts-fmri"], ["alexnet"], ["frozen"], [0], ["IT"], runs)[0]
 
 
@@ -174,7 +188,11 @@ def test_swapping_two_training_images_changes_the_cell_hash(tmp_path):
     a.rename(tmp), b.rename(a), tmp.rename(b)
     after = _plan(tmp_path, runs)
     assert after.cell != before.cell and not after.cached
-    changed = {k for k in before.config["data_checksums"] if before.config["data_checksums"][k] != after.config["data_checksums"][k]}
+    changed = {
+        k
+        for k in before.config["data_checksums"]
+        if before.config["data_checksums"][k] != after.config["data_checksums"][k]
+    }
     assert changed == {"Training_Data/92_Image_Set/92images/"}
     image = folder / "image_05.jpg"
     image.write_bytes(image.read_bytes() + b"\0")  # same name, same size class, other content
@@ -211,17 +229,30 @@ class RaisingPlugin:
 def test_installing_a_plugin_changes_no_hash(tmp_path):
     session = lambda plugins: Session(plugins, RunOptions(weights="random", image_size=32, epochs=1))  # noqa: E731
     plain = session(build_plugins()).plan(["kriegeskorte2008"], ["alexnet"], ["dissim"], [0], [], tmp_path)[0]
-    more = session(build_plugins(extra={"broken": RaisingPlugin()})).plan(["kriegeskorte2008"], ["alexnet"], ["dissim"], [0], [], tmp_path)[0]
+    more = session(build_plugins(extra={"broken": RaisingPlugin()})).plan(
+        ["kriegeskorte2008"], ["alexnet"], ["dissim"], [0], [], tmp_path
+    )[0]
     assert plain.cell == more.cell
-    assert set(plain.config["code"]["plugins"]) == {"rsabench.datasets", "rsabench.backbones", "rsabench.objectives", "rsabench.metrics"}
+    assert set(plain.config["code"]["plugins"]) == {
+        "rsabench.datasets",
+        "rsabench.backbones",
+        "rsabench.objectives",
+        "rsabench.metrics",
+    }
 
 
 # -- 5. broken models get a failure, never a number; records are strict JSON ----------------------
 def test_diverging_training_is_a_failure_not_a_score(capsys, tmp_path):
     runs = tmp_path / "runs"
-    code, _, err = run_cli(capsys, ["run", *FAST, "--epochs", "2", "--objective", "dissim", "--lr", "1e30", "--runs-dir", str(runs)])
+    code, _, err = run_cli(
+        capsys, ["run", *FAST, "--epochs", "2", "--objective", "dissim", "--lr", "1e30", "--runs-dir", str(runs)]
+    )
     assert code == 1, err
-    assert err.strip().splitlines()[-1].startswith("failed: cell kriegeskorte2008 / hIT / torchvision:alexnet / dissim / seed 0: training diverged")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("failed: cell kriegeskorte2008 / hIT / torchvision:alexnet / dissim / seed 0: training diverged")
+    )
     assert not list(runs.rglob("*.json"))
 
 
@@ -269,8 +300,22 @@ def test_constant_layers_are_not_selectable_and_have_no_per_layer_score(tmp_path
 def test_records_are_strict_json_with_null_for_missing(capsys, tmp_path):
     """One simulated subject: no ceiling can be estimated; the record says null, never NaN."""
     runs = tmp_path / "runs"
-    argv = ["run", *FAST, "--dataset", "synthetic", "--dataset-option", "subjects=1", "--dataset-option", "n_per_group=24",
-            "--objective", "frozen", "--target", "late", "--runs-dir", str(runs)]
+    argv = [
+        "run",
+        *FAST,
+        "--dataset",
+        "synthetic",
+        "--dataset-option",
+        "subjects=1",
+        "--dataset-option",
+        "n_per_group=24",
+        "--objective",
+        "frozen",
+        "--target",
+        "late",
+        "--runs-dir",
+        str(runs),
+    ]
     code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     [path] = runs.rglob("*.json")
@@ -304,11 +349,27 @@ def test_malformed_record_is_named_and_its_cell_runs_again(capsys, tmp_path):
 # -- 8. two runs of one cell share a runs dir safely ---------------------------------------------
 def test_concurrent_runs_of_one_cell(tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "rsabench.cli", "run", *FAST, "--epochs", "3", "--objective", "dissim", "--runs-dir", str(runs), "--format", "csv"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsabench.cli",
+        "run",
+        *FAST,
+        "--epochs",
+        "3",
+        "--objective",
+        "dissim",
+        "--runs-dir",
+        str(runs),
+        "--format",
+        "csv",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     assert len(list(runs.rglob("*.json"))) == 1
     assert not list(runs.rglob("*.ckpt")) and not list(runs.rglob(".*.lock"))
@@ -349,7 +410,9 @@ def test_killed_import_leftovers_are_removed_by_the_next_import(tmp_path):
 def test_refused_import_removes_the_data_dir_it_created(tmp_path, capsys):
     data_dir = tmp_path / "new" / "data"
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, ["data", "import", "algonauts-fmri", str(tmp_path / "empty"), "--data-dir", str(data_dir)])
+    code, _, err = run_cli(
+        capsys, ["data", "import", "algonauts-fmri", str(tmp_path / "empty"), "--data-dir", str(data_dir)]
+    )
     assert code == 2 and "no Training_Data/" in err
     assert not (tmp_path / "new").exists()
 
@@ -375,7 +438,19 @@ def test_full_disk_during_a_checkpoint_is_named(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_exit_as_documented(tmp_path, signum, code):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "rsabench.cli", "run", *FAST, "--epochs", "200", "--objective", "dissim", "--runs-dir", str(runs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsabench.cli",
+        "run",
+        *FAST,
+        "--epochs",
+        "200",
+        "--objective",
+        "dissim",
+        "--runs-dir",
+        str(runs),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(runs.rglob("state.pt")) and time.monotonic() < deadline:  # training has started
@@ -413,4 +488,6 @@ def test_record_paths_stay_inside_the_runs_dir(tmp_path):
 
 def test_click_errors_are_one_line(capsys):
     code, _, err = run_cli(capsys, ["run", "--image-size", "abc"])
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: rsabench run: Invalid value for '--image-size'")
+    assert (
+        code == 2 and err.count("\n") == 1 and err.startswith("error: rsabench run: Invalid value for '--image-size'")
+    )

@@ -82,8 +82,12 @@ class Modality:
 
 
 GROUPS: dict[str, GroupLayout] = {
-    "92": GroupLayout("Training_Data/92_Image_Set", "Training_Data/92_Image_Set/92images", role="training set, 92 images"),
-    "118": GroupLayout("Training_Data/118_Image_Set", "Training_Data/118_Image_Set/118images", role="training set, 118 images"),
+    "92": GroupLayout(
+        "Training_Data/92_Image_Set", "Training_Data/92_Image_Set/92images", role="training set, 92 images"
+    ),
+    "118": GroupLayout(
+        "Training_Data/118_Image_Set", "Training_Data/118_Image_Set/118images", role="training set, 118 images"
+    ),
     "78": GroupLayout("Test_Data", "Test_Data/78images", role="challenge test set, 78 images"),
     "78-ts2": GroupLayout("Test_Data", None, "_TS2", role="hidden test set TS2, 78x78 RDMs"),
 }
@@ -93,12 +97,21 @@ NAMED_SPLITS = {"train-92": "92", "train-118": "118", "test": "78", "test2": "78
 
 MODALITIES: dict[str, Modality] = {
     "fmri": Modality(
-        "algonauts-fmri", "target_fmri", {"EVC": "EVC_RDMs", "IT": "IT_RDMs"}, 3, "1-pearson", "none",
+        "algonauts-fmri",
+        "target_fmri",
+        {"EVC": "EVC_RDMs", "IT": "IT_RDMs"},
+        3,
+        "1-pearson",
+        "none",
         "Algonauts 2019 fMRI track: early visual cortex (EVC) and inferior temporal cortex (IT) RDMs, 15 subjects.",
     ),
     "meg": Modality(
-        "algonauts-meg", "target_meg", {"MEG-early": "MEG_RDMs_early", "MEG-late": "MEG_RDMs_late"}, 4,
-        "decoding-accuracy", "agrawal",
+        "algonauts-meg",
+        "target_meg",
+        {"MEG-early": "MEG_RDMs_early", "MEG-late": "MEG_RDMs_late"},
+        4,
+        "decoding-accuracy",
+        "agrawal",
         "Algonauts 2019 MEG track: pairwise decoding accuracy (%) at 70-90 ms (early) and 140-160 ms (late), "
         "15 subjects x 2 sessions.",
     ),
@@ -122,7 +135,11 @@ def release_root(data_dir: str | Path | None) -> Path:
 def image_files(folder: Path) -> list[Path]:
     """Image files of a folder in sorted file-name order (row order of the RDMs); hidden files ignored."""
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        ),
         key=lambda p: p.name,
     )
 
@@ -142,7 +159,9 @@ def _numbering_hint(files: list[Path], n: int) -> str:
     if missing:
         parts.append("missing number(s) " + ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else ""))
     if extra:
-        parts.append("unexpected/duplicate number(s) " + ", ".join(map(str, extra[:10])) + (" ..." if len(extra) > 10 else ""))
+        parts.append(
+            "unexpected/duplicate number(s) " + ", ".join(map(str, extra[:10])) + (" ..." if len(extra) > 10 else "")
+        )
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -178,7 +197,9 @@ def read_images(files: list[Path]) -> np.ndarray:
         except Exception as exc:
             raise DataError(f"{p}: unreadable image ({type(exc).__name__}: {exc})") from None
     size = Counter(im.size for im in images).most_common(1)[0][0]
-    return np.stack([np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC), dtype=np.uint8) for im in images])
+    return np.stack(
+        [np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC), dtype=np.uint8) for im in images]
+    )
 
 
 def _image_loader(files: list[Path]) -> Callable[[], np.ndarray]:
@@ -259,17 +280,25 @@ def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_imag
                 images = check_images(folder, n, path)
                 image_lists[gname] = files[layout.image_dir + "/"] = images
             else:
-                notes.append(f"group {gname!r} has RDMs but no images ({layout.image_dir}/ not found): scoreable with `rsabench score` only")
+                notes.append(
+                    f"group {gname!r} has RDMs but no images ({layout.image_dir}/ not found): scoreable with `rsabench "
+                    "score` only"
+                )
         elif ts2_images == "78" and "78" in image_lists:
             if n != len(image_lists["78"]):
                 raise DataError(f"{path}: RDMs are {n}x{n} but the 78 test images number {len(image_lists['78'])}")
             images = image_lists["78"]
-            notes.append(f"group {gname!r}: hidden test set TS2 scored on the 78 test images, as the challenge did (ts2_images='78')")
+            notes.append(
+                f"group {gname!r}: hidden test set TS2 scored on the 78 test images, as the challenge did "
+                "(ts2_images='78')"
+            )
         else:
             notes.append(f"group {gname!r} has no images in the release: scoreable with `rsabench score` only")
         if images is not None:
             ids = [p.stem for p in images]
-            loader: Callable[[], np.ndarray] | None = loaders.get("78") if layout.image_dir is None else _image_loader(images)
+            loader: Callable[[], np.ndarray] | None = (
+                loaders.get("78") if layout.image_dir is None else _image_loader(images)
+            )
             loaders[gname] = loader
         else:
             ids = [f"{gname}-{i + 1:03d}" for i in range(n)]
@@ -328,9 +357,16 @@ def expected_files(name: str) -> list[dict[str, str]]:
     mod = modality_for(name)
     out = []
     for gname, layout in GROUPS.items():
-        out.append({"path": layout.target_file(mod.stem), "what": f"{', '.join(mod.targets.values())}; group {gname} ({layout.role})"})
+        out.append(
+            {
+                "path": layout.target_file(mod.stem),
+                "what": f"{', '.join(mod.targets.values())}; group {gname} ({layout.role})",
+            }
+        )
         if layout.image_dir:
-            out.append({"path": layout.image_dir + "/", "what": f"stimuli of group {gname}, sorted file-name order = RDM rows"})
+            out.append(
+                {"path": layout.image_dir + "/", "what": f"stimuli of group {gname}, sorted file-name order = RDM rows"}
+            )
     return out
 
 
@@ -353,7 +389,11 @@ def describe(data_dir: str | Path | None = None, name: str = "algonauts-fmri") -
         files.append(item)
     for gname, layout in GROUPS.items():
         f = root / layout.target_file(mod.stem)
-        info: dict[str, Any] = {"role": layout.role, "rdm_file": layout.target_file(mod.stem), "rdms_present": f.is_file()}
+        info: dict[str, Any] = {
+            "role": layout.role,
+            "rdm_file": layout.target_file(mod.stem),
+            "rdms_present": f.is_file(),
+        }
         if f.is_file():
             try:
                 shapes = array_shapes(f)

@@ -48,10 +48,14 @@ def register_backbones(register):
         factory = functools.partial(lazy(f"{TORCHVISION}:TorchvisionBackbone"), alias)
         register(f"torchvision:{alias}", factory, summary=summary, aliases=(alias,))
     register.namespace(
-        "torchvision", _resolver(TORCHVISION), _lister(TORCHVISION),
+        "torchvision",
+        _resolver(TORCHVISION),
+        _lister(TORCHVISION),
         summary="any torchvision classification model (stage layers, weights-enum preprocessing)",
     )
     register.namespace(
-        "timm", _resolver(TIMM), _lister(TIMM),
+        "timm",
+        _resolver(TIMM),
+        _lister(TIMM),
         summary="any timm model, name[.tag] (feature_info stages + head, pretrained-config preprocessing)",
     )

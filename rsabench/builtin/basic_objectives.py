@@ -39,7 +39,9 @@ class Dissim(Objective):
     def __init__(self, normalization: str | None = None, space: str = "distance") -> None:
         super().__init__()
         if normalization is not None and normalization not in NORMALIZATIONS:
-            raise UsageError(f"dissim: invalid normalization {normalization!r}: expected one of {', '.join(NORMALIZATIONS)}")
+            raise UsageError(
+                f"dissim: invalid normalization {normalization!r}: expected one of {', '.join(NORMALIZATIONS)}"
+            )
         if space not in ("distance", "fisher-z"):
             raise UsageError(f"dissim: invalid space {space!r}: expected distance or fisher-z")
         self.normalization = normalization

@@ -5,7 +5,7 @@ Files (under ``<data_dir>/nsd/``, exactly as the Algonauts 2023 release unpacks)
     subjXX/training_split/training_images/train-0001_nsd-00013.png ...   row 1 of the fMRI arrays, NSD id 13
     subjXX/training_split/training_fmri/{lh,rh}_training_fmri.npy       (images, vertices) float32
     subjXX/roi_masks/{lh,rh}.<class>_challenge_space.npy                 one ROI label per vertex, 0 = none
-    subjXX/roi_masks/mapping_<class>.npy                                 pickled dict {label: ROI name}, parsed (never unpickled)
+    subjXX/roi_masks/mapping_<class>.npy                     pickled dict {label: ROI name}, parsed (never unpickled)
 
 Targets. A target is an ROI over *both* hemispheres (lh vertices, then rh vertices). ``rois`` selects them:
 comma-separated ROI names (``FFA-1``), class names that expand to their ROIs (``floc-faces``), or unions
@@ -83,8 +83,10 @@ LICENSE = (
 URL = "https://algonautsproject.com/2023/challenge.html"
 
 REQUIRED_FILES: tuple[tuple[str, str], ...] = (
-    ("subjXX/training_split/training_images/train-NNNN_nsd-XXXXX.png",
-     "training images; NNNN = 1-based fMRI row, XXXXX = NSD image id"),
+    (
+        "subjXX/training_split/training_images/train-NNNN_nsd-XXXXX.png",
+        "training images; NNNN = 1-based fMRI row, XXXXX = NSD image id",
+    ),
     ("subjXX/training_split/training_fmri/lh_training_fmri.npy", "left-hemisphere responses, (images, vertices)"),
     ("subjXX/training_split/training_fmri/rh_training_fmri.npy", "right-hemisphere responses, (images, vertices)"),
     *(
@@ -201,9 +203,7 @@ def _parse_subjects(value: object, available: list[str], root: Path) -> list[str
         if not SUBJECT_RE.match(name):
             raise UsageError(f"nsd: bad subject {item!r} in option subjects (expected all, 1,2 or subj01,subj02)")
         if name not in available:
-            raise DataError(
-                f"nsd: subject {name} not found under {root} (found: {', '.join(available)}); {INFO_HINT}"
-            )
+            raise DataError(f"nsd: subject {name} not found under {root} (found: {', '.join(available)}); {INFO_HINT}")
         if name not in chosen:
             chosen.append(name)
     return sorted(chosen)

@@ -97,7 +97,9 @@ class _TargetNormalization(Objective):
 
     def __init__(self, normalization: str | None = None) -> None:
         super().__init__()
-        self.normalization = None if normalization is None else choice_option(self.name, "normalization", normalization, NORMALIZATIONS)
+        self.normalization = (
+            None if normalization is None else choice_option(self.name, "normalization", normalization, NORMALIZATIONS)
+        )
 
     def options(self) -> dict[str, Any]:
         return {"normalization": self.normalization}
@@ -107,7 +109,8 @@ class _TargetNormalization(Objective):
 
 
 class Contrastive(_TargetNormalization):
-    """Contrastive margin loss (Hadsell, Chopra & LeCun 2006, "Dimensionality reduction by learning an invariant mapping").
+    """Contrastive margin loss (Hadsell, Chopra & LeCun 2006, "Dimensionality reduction by learning an invariant
+    mapping").
 
     loss = mean over pairs i<j of ``(1 - Y)·½·D² + Y·½·max(0, m - D)²``, where D is the Euclidean
     distance between the pair's flattened features after per-image centring (``center=true``) and
@@ -135,7 +138,11 @@ class Contrastive(_TargetNormalization):
         if threshold is not None and quantile is not None:
             raise UsageError(f"objective {self.name!r}: give either option threshold or option quantile, not both")
         self.fixed_threshold = None if threshold is None else float_option(self.name, "threshold", threshold)
-        self.quantile = 0.5 if quantile is None else float_option(self.name, "quantile", quantile, lambda v: 0 < v < 1, "a number in (0, 1)")
+        self.quantile = (
+            0.5
+            if quantile is None
+            else float_option(self.name, "quantile", quantile, lambda v: 0 < v < 1, "a number in (0, 1)")
+        )
         self.center = bool_option(self.name, "center", center)
         self.threshold: float | None = self.fixed_threshold
 
@@ -230,8 +237,8 @@ class CKA(_TargetNormalization):
         t = target.to(device=features.device, dtype=torch.float64)
         t = 0.5 * (t + t.T)
         t = t - torch.diag_embed(torch.diagonal(t))  # pairs only: the diagonal is zero by definition
-        l = -0.5 * double_center(t)
-        return safe_cosine(k, l)
+        target_kernel = -0.5 * double_center(t)
+        return safe_cosine(k, target_kernel)
 
     def loss(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         one_minus = (1.0 - self.cka(features, target)).clamp_min(0.0)

@@ -240,7 +240,7 @@ def _draw_group(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray
     shape_param = rng.uniform(0.0, 1.0, n)
     u = (np.arange(size * _SUPERSAMPLE) + 0.5) / (size * _SUPERSAMPLE) * 2.0 - 1.0
     grid = np.meshgrid(u, u)
-    images = np.stack([_render(rng, names[c], p, size, grid) for c, p in zip(category, shape_param)])
+    images = np.stack([_render(rng, names[c], p, size, grid) for c, p in zip(category, shape_param, strict=True)])
     return images, category, shape_param
 
 
@@ -268,14 +268,14 @@ def generate(
     root = np.random.SeedSequence([seed, 0x5EED])
     image_seeds, noise_seeds = root.spawn(2)
     data = SyntheticData(images={}, category={}, shape_param={})
-    for g, gs, ns in zip(GROUPS, image_seeds.spawn(len(GROUPS)), noise_seeds.spawn(len(GROUPS))):
+    for g, gs, ns in zip(GROUPS, image_seeds.spawn(len(GROUPS)), noise_seeds.spawn(len(GROUPS)), strict=True):
         images, category, shape_param = _draw_group(np.random.default_rng(gs), n_per_group, image_size)
         data.images[g], data.category[g], data.shape_param[g] = images, category, shape_param
         truths = {
             "early": _corr_distance(early_features(images)),
             "late": _corr_distance(latents(category, shape_param)),
         }
-        for t, ts in zip(TARGETS, ns.spawn(len(TARGETS))):
+        for t, ts in zip(TARGETS, ns.spawn(len(TARGETS)), strict=True):
             data.true_rdms[t, g] = truths[t]
             data.subject_rdms[t, g] = subject_rdms(truths[t], subjects, noise, np.random.default_rng(ts))
     return data

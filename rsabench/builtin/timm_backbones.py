@@ -27,7 +27,13 @@ from rsabench.backbone import (
     prepare_for_taps,
     resolve_weights_path,
 )
-from rsabench.builtin.torchvision_backbones import MAX_STAGE_LAYERS, default_leaf_layers, evenly_spaced, offline, unreachable
+from rsabench.builtin.torchvision_backbones import (
+    MAX_STAGE_LAYERS,
+    default_leaf_layers,
+    evenly_spaced,
+    offline,
+    unreachable,
+)
 from rsabench.dataset import sha256_file
 from rsabench.errors import UsageError
 
@@ -146,7 +152,9 @@ def pretrained_model(name: str) -> tuple[nn.Module, Path]:
     if path is None:
         reason = "offline" if offline() else unreachable(_download_url(cfg))
         if reason:
-            raise UsageError(f"timm:{name} pretrained weights are not cached ({reason}): expected {expected}; {offline_hint()}")
+            raise UsageError(
+                f"timm:{name} pretrained weights are not cached ({reason}): expected {expected}; {offline_hint()}"
+            )
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
@@ -160,12 +168,17 @@ def pretrained_model(name: str) -> tuple[nn.Module, Path]:
             socket.setdefaulttimeout(previous)
         path, expected = cached_weights(cfg)
         if path is None:
-            raise UsageError(f"timm:{name}: downloaded weights not found in the cache (expected {expected}); {offline_hint()}")
+            raise UsageError(
+                f"timm:{name}: downloaded weights not found in the cache (expected {expected}); {offline_hint()}"
+            )
         return model, path
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     except Exception as exc:
-        raise UsageError(f"timm:{name}: cached weights {path} could not be loaded ({type(exc).__name__}); delete the file or {offline_hint()}") from None
+        raise UsageError(
+            f"timm:{name}: cached weights {path} could not be loaded ({type(exc).__name__}); delete the file or "
+            f"{offline_hint()}"
+        ) from None
     return model, path
 
 
@@ -205,7 +218,8 @@ class TimmBackbone(Backbone):
         info: dict[str, Any] = {"source": "timm", "model": self.name, "timm": timm.__version__}
         if weights == "imagenet":
             model, file = pretrained_model(self.name)
-            digest = f"timm:{model.pretrained_cfg.get('architecture', self.name)}.{model.pretrained_cfg.get('tag', '')}:{file_digest(file)}"
+            cfg = model.pretrained_cfg
+            digest = f"timm:{cfg.get('architecture', self.name)}.{cfg.get('tag', '')}:{file_digest(file)}"
             info["weights_file"] = str(file)
         else:
             with torch.random.fork_rng(devices=[]):

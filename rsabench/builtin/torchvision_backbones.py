@@ -37,12 +37,24 @@ from rsabench.errors import UsageError
 # max-pools and fully connected layers (VGG-16) - the layers the Algonauts devkit reports.
 CURATED_LAYERS: dict[str, list[str]] = {
     "alexnet": [
-        "features.1", "features.4", "features.7", "features.9", "features.11",
-        "classifier.2", "classifier.5", "classifier.6",
+        "features.1",
+        "features.4",
+        "features.7",
+        "features.9",
+        "features.11",
+        "classifier.2",
+        "classifier.5",
+        "classifier.6",
     ],
     "vgg16": [
-        "features.4", "features.9", "features.16", "features.23", "features.30",
-        "classifier.1", "classifier.4", "classifier.6",
+        "features.4",
+        "features.9",
+        "features.16",
+        "features.23",
+        "features.30",
+        "classifier.1",
+        "classifier.4",
+        "classifier.6",
     ],
 }
 
@@ -53,7 +65,10 @@ _AUX_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",
 
 def offline() -> bool:
     """``RSABENCH_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): use cached weights only, never download."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("RSABENCH_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("RSABENCH_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def unreachable(url: str) -> str | None:
@@ -152,7 +167,9 @@ def imagenet_state_dict(weights: Any) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"ImageNet weights file {path} is unreadable ({type(exc).__name__}); delete it or {offline_hint()}") from None
+        raise UsageError(
+            f"ImageNet weights file {path} is unreadable ({type(exc).__name__}); delete it or {offline_hint()}"
+        ) from None
 
 
 def preprocessing(weights: Any) -> dict[str, Any]:
@@ -249,7 +266,14 @@ def stage_layers(name: str, model: nn.Module) -> list[str]:
     if family == "squeezenet":
         return _pools(model, "features") + [_children(model, "features")[-1], "classifier"]
     if family == "densenet":
-        return ["features.pool0", "features.transition1", "features.transition2", "features.transition3", "features.norm5", "classifier"]
+        return [
+            "features.pool0",
+            "features.transition1",
+            "features.transition2",
+            "features.transition3",
+            "features.norm5",
+            "classifier",
+        ]
     if family == "googlenet":
         return ["maxpool1", "maxpool2", "maxpool3", "maxpool4", "inception5b", "fc"]
     if family == "inception":
