@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from .errors import CellFailure, Interrupted, PluginError, UsageError
+from .settings import BY_NAME, SEED_MAX
 
 DEFAULT_DATASET = "kriegeskorte2008"
 DEFAULT_BACKBONE = "alexnet"
@@ -29,7 +30,7 @@ def _console(stderr: bool = False):
     return console
 
 
-SEED = click.IntRange(0, 2**63 - 1)  # what torch, numpy and python all accept as a seed
+SEED = click.IntRange(0, SEED_MAX)
 
 
 class FiniteFloat(click.ParamType):
@@ -68,295 +69,76 @@ def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return tuple(out)
 
 
+class GroupedOption(click.Option):
+    """An option that knows its section of ``--help`` (one of :data:`rsabench.settings.GROUPS`)."""
+
+    def __init__(self, *args: Any, group: str = "other", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists its options by group (data, model, training, ...)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .settings import GROUPS
+
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                sections.setdefault(getattr(param, "group", "other"), []).append(record)
+        for group in (*GROUPS, "other"):
+            if group in sections:
+                with formatter.section(f"{group.capitalize()} options"):
+                    formatter.write_dl(sections[group])
+
+
+def _param_type(setting: Any) -> Any:
+    s = setting
+    types = {
+        "int": lambda: click.IntRange(min=s.low, max=s.high),
+        "float": lambda: FiniteFloat(s.low, s.high, s.low_open, s.high_open),
+        "seed": lambda: SEED,
+        "choice": lambda: click.Choice(list(s.choices)),
+        "path": lambda: click.Path(path_type=Path),
+        "dir": lambda: click.Path(file_okay=False, path_type=Path),
+    }
+    return types[s.kind]() if s.kind in types else None
+
+
+def click_option(setting: Any) -> Callable:
+    """The Click option of one :class:`rsabench.settings.Setting`."""
+    s = setting
+    decls = [f"{s.option}/--no-{s.option[2:]}"] if s.kind == "bool-pair" else [s.option]
+    metavar = s.metavar or ("N" if s.kind in ("int", "seed") else None)
+    kwargs: dict[str, Any] = {"help": s.help, "group": s.group, "cls": GroupedOption, "metavar": metavar}
+    if s.kind == "flag":
+        kwargs.update(is_flag=True)
+    else:
+        default = Path(s.default) if s.kind == "dir" and s.default is not None else s.default
+        show = default is not None and default != () and default is not False
+        kwargs.update(type=_param_type(s), default=None if s.multiple else default, show_default=show)
+    if s.multiple:
+        kwargs.update(multiple=True)
+    if s.kind == "key-value":
+        kwargs.update(callback=_key_value)
+    return click.option(*decls, s.name, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+
+
 def run_options(func: Callable) -> Callable:
-    """Options shared by ``run`` and ``plan``."""
-    options = [
-        click.option(
-            "--dataset",
-            "datasets",
-            multiple=True,
-            metavar="NAME",
-            help=f"dataset (repeatable; default {DEFAULT_DATASET})",
-        ),
-        click.option(
-            "--backbone",
-            "backbones",
-            multiple=True,
-            metavar="NAME",
-            help=f"backbone (repeatable; default {DEFAULT_BACKBONE})",
-        ),
-        click.option(
-            "--objective",
-            "objectives",
-            multiple=True,
-            metavar="NAME",
-            help="objective (repeatable; default frozen and dissim)",
-        ),
-        click.option(
-            "--seed",
-            "seeds",
-            multiple=True,
-            type=SEED,
-            metavar="N",
-            help="training seed, 0 to 2^63-1 (repeatable; default 0)",
-        ),
-        click.option(
-            "--target", "targets", multiple=True, metavar="NAME", help="only these targets (repeatable; default all)"
-        ),
-        click.option(
-            "--weights",
-            default="imagenet",
-            show_default=True,
-            metavar="imagenet|random|PATH",
-            help="initial weights: the library's ImageNet weights, random (seeded) or a checkpoint file",
-        ),
-        click.option(
-            "--epochs",
-            type=click.IntRange(min=0),
-            default=10,
-            show_default=True,
-            help="training epochs of objectives that train (0 = score the initial network)",
-        ),
-        click.option(
-            "--image-size",
-            type=click.IntRange(min=16),
-            default=224,
-            show_default=True,
-            metavar="PX",
-            help="images are resized to PX x PX",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=2),
-            default=32,
-            show_default=True,
-            help="images per forward pass (training batches come from one group)",
-        ),
-        click.option("--lr", type=FiniteFloat(0, low_open=True), default=1e-4, show_default=True, help="learning rate"),
-        click.option(
-            "--optimizer",
-            type=click.Choice(["adam", "adamw", "sgd"]),
-            default="adam",
-            show_default=True,
-            help="optimizer of the trainable parameters",
-        ),
-        click.option(
-            "--weight-decay",
-            type=FiniteFloat(0),
-            default=0.0,
-            show_default=True,
-            help="L2 weight decay (decoupled with adamw)",
-        ),
-        click.option(
-            "--patience",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="early stopping after N epochs without validation gain (0 = off)",
-        ),
-        click.option(
-            "--trainable",
-            default="all",
-            show_default=True,
-            metavar="POLICY",
-            help="all | none | up-to:<layer> | from:<layer>",
-        ),
-        click.option(
-            "--lr-schedule",
-            type=click.Choice(["constant", "cosine", "step"]),
-            default="constant",
-            show_default=True,
-            help="per-epoch learning-rate schedule after warm-up",
-        ),
-        click.option(
-            "--warmup-epochs",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="linear warm-up: epoch e <= N runs at lr*e/(N+1)",
-        ),
-        click.option(
-            "--lr-step",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            metavar="EPOCHS",
-            help="step schedule: epochs between decays (0 = a third of the post-warm-up epochs)",
-        ),
-        click.option(
-            "--lr-gamma",
-            type=FiniteFloat(0, 1, low_open=True),
-            default=0.1,
-            show_default=True,
-            help="step schedule: lr factor per decay",
-        ),
-        click.option(
-            "--grad-clip",
-            type=FiniteFloat(0),
-            default=0.0,
-            show_default=True,
-            metavar="NORM",
-            help="clip the global gradient L2 norm (0 = off)",
-        ),
-        click.option(
-            "--amp",
-            type=click.Choice(["off", "bf16", "fp16"]),
-            default="off",
-            show_default=True,
-            help="mixed precision for training steps (CUDA only; scores are always computed in float32)",
-        ),
-        click.option(
-            "--channels-last/--no-channels-last",
-            default=None,
-            help="NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)",
-        ),
-        click.option(
-            "--adapt-bn",
-            is_flag=True,
-            help="let BatchNorm running statistics of the trained layers adapt during training (default: frozen)",
-        ),
-        click.option(
-            "--keep-checkpoints",
-            is_flag=True,
-            help="keep <record>.ckpt/best.pt (the selected model) after a cell finishes; else checkpoints are deleted",
-        ),
-        click.option(
-            "--loss-layer",
-            default="auto",
-            show_default=True,
-            help="layer the objective trains (auto = best frozen layer on validation)",
-        ),
-        click.option(
-            "--layer",
-            "layers",
-            multiple=True,
-            metavar="NAME",
-            help="layers to score (repeatable; default: the backbone's layer set)",
-        ),
-        click.option(
-            "--metric",
-            default="spearman",
-            show_default=True,
-            help="RDM comparison metric (see `rsabench list metrics`)",
-        ),
-        click.option(
-            "--val-fraction",
-            type=FiniteFloat(0, 1, True, True),
-            default=0.2,
-            show_default=True,
-            help="fraction of training images held out for validation",
-        ),
-        click.option(
-            "--test-fraction",
-            type=FiniteFloat(0, 1, high_open=True),
-            default=0.25,
-            show_default=True,
-            help="fraction of images held out for test (datasets without a test set)",
-        ),
-        click.option(
-            "--split-seed",
-            type=SEED,
-            default=0,
-            show_default=True,
-            help="seed of the train/validation/test image split",
-        ),
-        click.option(
-            "--bootstrap-seed",
-            type=SEED,
-            default=0,
-            show_default=True,
-            help="seed of the bootstrap resamples of the intervals",
-        ),
-        click.option(
-            "--device",
-            default="auto",
-            show_default=True,
-            metavar="auto|cpu|cuda[:N]",
-            help="where cells run (auto: CUDA when available)",
-        ),
-        click.option(
-            "--runs-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path("runs"),
-            show_default=True,
-            help="where cell records and checkpoints are written (and found again)",
-        ),
-        click.option(
-            "--data-dir",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="data directory (else $RSABENCH_DATA, else the user cache dir)",
-        ),
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=None,
-            help="feature cache of networks as built (default: $RSABENCH_CACHE/features, else the user cache dir)",
-        ),
-        click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache"),
-        click.option(
-            "--executor", default="local", show_default=True, help="where cells run (see `rsabench list executors`)"
-        ),
-        click.option(
-            "--dataset-option",
-            "dataset_options",
-            multiple=True,
-            callback=_key_value,
-            metavar="[DATASET.]KEY=VALUE",
-            help="dataset option (repeatable); KEY alone goes to every dataset of the run that takes it",
-        ),
-        click.option(
-            "--objective-option",
-            "objective_options",
-            multiple=True,
-            callback=_key_value,
-            metavar="[OBJECTIVE.]KEY=VALUE",
-            help="objective option (repeatable); KEY alone goes to every objective of the run that takes it",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
+    """The options of ``run`` and ``plan``, from :data:`rsabench.settings.SETTINGS`."""
+    from .settings import SETTINGS
+
+    for setting in reversed(SETTINGS):
+        func = click_option(setting)(func)
     return func
 
 
 def _session(kw: dict[str, Any]):
     from .runner import RunOptions, Session
 
-    options = RunOptions(
-        weights=kw["weights"],
-        epochs=kw["epochs"],
-        image_size=kw["image_size"],
-        batch_size=kw["batch_size"],
-        lr=kw["lr"],
-        optimizer=kw["optimizer"],
-        weight_decay=kw["weight_decay"],
-        patience=kw["patience"],
-        trainable=kw["trainable"],
-        loss_layer=kw["loss_layer"],
-        layers=tuple(kw["layers"]),
-        metric=kw["metric"],
-        val_fraction=kw["val_fraction"],
-        test_fraction=kw["test_fraction"],
-        split_seed=kw["split_seed"],
-        bootstrap_seed=kw["bootstrap_seed"],
-        device=kw["device"],
-        data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
-        dataset_options=kw["dataset_options"],
-        objective_options=kw["objective_options"],
-        lr_schedule=kw["lr_schedule"],
-        warmup_epochs=kw["warmup_epochs"],
-        lr_step=kw["lr_step"],
-        lr_gamma=kw["lr_gamma"],
-        grad_clip=kw["grad_clip"],
-        amp=kw["amp"],
-        channels_last=kw["channels_last"],
-        adapt_bn=kw["adapt_bn"],
-        keep_checkpoints=kw["keep_checkpoints"],
-        cache_dir=str(kw["cache_dir"]) if kw["cache_dir"] else None,
-        feature_cache=not kw["no_cache"],
-    )
-    plugins = _plugins()
-    return Session(plugins, options, reporter=RichReporter())
+    return Session(_plugins(), RunOptions.from_values(kw), reporter=RichReporter())
 
 
 def _plan(session, kw: dict[str, Any]):
@@ -434,7 +216,7 @@ class RichReporter:
 
 
 # -- commands -----------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(package_name="rsabench")
 def cli() -> None:
     """rsabench: fine-tune and score vision networks against brain RDMs, honestly.
@@ -446,15 +228,19 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @run_options
-@click.option("--force", is_flag=True, help="re-run cells that already have a record")
+@click.option(
+    "--force", is_flag=True, cls=GroupedOption, group="output", help="re-run cells that already have a record"
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "markdown", "csv", "json"]),
     default="table",
     show_default=True,
+    cls=GroupedOption,
+    group="output",
     help="format of the summary printed at the end",
 )
 def run(force: bool, fmt: str, **kw: Any) -> None:
@@ -484,19 +270,8 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
 
 @cli.command("run-cell", hidden=True)
 @click.argument("config_file", metavar="CONFIG.json", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
-    show_default=True,
-    help="where the record is written",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="data directory (else $RSABENCH_DATA, else the user cache dir)",
-)
+@click_option(BY_NAME["runs_dir"])
+@click_option(BY_NAME["data_dir"])
 @click.option(
     "--device",
     default=None,
@@ -509,13 +284,8 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
     default=None,
     help="feature-extraction batch size (default: the record's runtime, else 32)",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)",
-)
-@click.option("--no-cache", is_flag=True, help="compute every RDM; neither read nor write the feature cache")
+@click_option(BY_NAME["cache_dir"])
+@click_option(BY_NAME["no_cache"])
 @click.option("--force", is_flag=True, help="run even if the runs dir already has this cell's record")
 def run_cell_cmd(
     config_file: Path,
@@ -576,12 +346,7 @@ def cache() -> None:
     """The feature cache: per-layer RDMs of networks as built, shared by the cells that need them."""
 
 
-CACHE_DIR_OPTION = click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="feature cache (default: $RSABENCH_CACHE/features, else the user cache dir)",
-)
+CACHE_DIR_OPTION = click_option(BY_NAME["cache_dir"])
 
 
 @cache.command("info")
@@ -616,7 +381,7 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes} bytes"
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @run_options
 def plan(**kw: Any) -> None:
     """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
@@ -790,10 +555,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
     metavar="NAME",
     help="scoring convention (repeatable; default: the dataset's)",
 )
-@click.option("--metric", default="spearman", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--bootstrap-seed", type=SEED, default=0, show_default=True, help="seed of the bootstrap resamples")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click_option(BY_NAME["metric"])
+@click_option(BY_NAME["data_dir"])
+@click_option(BY_NAME["bootstrap_seed"])
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="output format of the scores",
+)
 def score(
     submission: Path,
     dataset: str,

@@ -22,6 +22,8 @@ from .options import route_options
 from .plugins import Plugins
 from .records import config_hash, read_record, record_path
 from .registry import accepted_options
+from .settings import DEFAULTS as D
+from .settings import OPTION_FIELDS, TRAIN_FIELDS
 from .workspace import Reporter, Workspace
 
 __all__ = ["PlannedCell", "Reporter", "RunOptions", "Session", "describe", "resolve_device"]
@@ -30,60 +32,60 @@ __all__ = ["PlannedCell", "Reporter", "RunOptions", "Session", "describe", "reso
 # -- options and cells --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunOptions:
-    """Options shared by every cell of a run (CLI flags)."""
+    """Options shared by every cell of a run; names and defaults are :data:`rsabench.settings.SETTINGS`'.
 
-    weights: str = "imagenet"
-    epochs: int = 10
-    image_size: int = 224
-    batch_size: int = 32
-    lr: float = 1e-4
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    patience: int = 0
-    trainable: str = "all"
-    loss_layer: str = "auto"
-    layers: tuple[str, ...] = ()
-    metric: str = "spearman"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.25
-    split_seed: int = 0
-    bootstrap_seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    dataset_options: tuple[tuple[str, str], ...] = ()
-    objective_options: tuple[tuple[str, str], ...] = ()
-    lr_schedule: str = "constant"
-    warmup_epochs: int = 0
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    grad_clip: float = 0.0
-    amp: str = "off"
-    adapt_bn: bool = False
-    channels_last: bool | None = None  # None: on with CUDA, off on CPU; a memory layout, not in the config
-    keep_checkpoints: bool = False  # keep <record>.ckpt/best.pt after the record is written; not in the config
-    cache_dir: str | None = None  # feature cache (None: <cache dir>/features); not in the config
-    feature_cache: bool = True  # serve and keep RDMs of networks as built; not in the config
+    ``channels_last``, ``keep_checkpoints``, ``device``, ``cache_dir`` and ``no_cache`` say how cells run,
+    not what they compute: they are never in a cell config.
+    """
+
+    weights: str = D["weights"]
+    epochs: int = D["epochs"]
+    image_size: int = D["image_size"]
+    batch_size: int = D["batch_size"]
+    lr: float = D["lr"]
+    optimizer: str = D["optimizer"]
+    weight_decay: float = D["weight_decay"]
+    patience: int = D["patience"]
+    trainable: str = D["trainable"]
+    loss_layer: str = D["loss_layer"]
+    layers: tuple[str, ...] = D["layers"]
+    metric: str = D["metric"]
+    val_fraction: float = D["val_fraction"]
+    test_fraction: float = D["test_fraction"]
+    split_seed: int = D["split_seed"]
+    bootstrap_seed: int = D["bootstrap_seed"]
+    device: str = D["device"]
+    data_dir: str | None = D["data_dir"]
+    dataset_options: tuple[tuple[str, str], ...] = D["dataset_options"]
+    objective_options: tuple[tuple[str, str], ...] = D["objective_options"]
+    lr_schedule: str = D["lr_schedule"]
+    warmup_epochs: int = D["warmup_epochs"]
+    lr_step: int = D["lr_step"]
+    lr_gamma: float = D["lr_gamma"]
+    grad_clip: float = D["grad_clip"]
+    amp: str = D["amp"]
+    adapt_bn: bool = D["adapt_bn"]
+    channels_last: bool | None = D["channels_last"]
+    keep_checkpoints: bool = D["keep_checkpoints"]
+    cache_dir: str | None = D["cache_dir"]
+    no_cache: bool = D["no_cache"]
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> RunOptions:
+        """Options from parsed command-line values (keyed by setting name; others are ignored)."""
+        out = {}
+        for name in OPTION_FIELDS:
+            value = values[name]
+            out[name] = (
+                tuple(value) if isinstance(value, (list, tuple)) else str(value) if isinstance(value, Path) else value
+            )
+        return cls(**out)
 
     def train_settings(self) -> Any:
         """The training hyper-parameters (:class:`rsabench.training.TrainSettings`) of these options."""
         from .training import TrainSettings
 
-        return TrainSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            trainable=self.trainable,
-            lr_schedule=self.lr_schedule,
-            warmup_epochs=self.warmup_epochs,
-            lr_step=self.lr_step,
-            lr_gamma=self.lr_gamma,
-            grad_clip=self.grad_clip,
-            amp=self.amp,
-            adapt_bn=self.adapt_bn,
-        )
+        return TrainSettings(**{name: getattr(self, name) for name in TRAIN_FIELDS})
 
     def validate(self) -> None:
         if self.image_size < 16:
@@ -139,7 +141,7 @@ class Session(Workspace):
         self, plugins: Plugins, options: RunOptions, reporter: Reporter | None = None, force: bool = False
     ) -> None:
         super().__init__(plugins, options.data_dir, reporter)
-        if options.feature_cache:
+        if not options.no_cache:
             self.feature_cache = FeatureCache(
                 Path(options.cache_dir) if options.cache_dir else None, note=self.reporter.note
             )

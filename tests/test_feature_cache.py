@@ -37,7 +37,7 @@ def run(
     """One cell in a fresh session (nothing shared in memory with an earlier call); returns its record."""
     opts = {"weights": "random", "image_size": 32, "epochs": 1, "layers": LAYERS, **options}
     if cache_dir is None:
-        opts["feature_cache"] = False
+        opts["no_cache"] = True
     else:
         opts["cache_dir"] = str(cache_dir)
     reporter = Notes()
