@@ -23,7 +23,8 @@ from .dataset import Dataset
 from .errors import CellFailure, UsageError
 from .feature_cache import FeatureCache, code_versions, entry_key, state_digest
 from .protocol import VALIDATION_CONVENTION, make_scorer, split_images, test_sets
-from .records import SCHEMA, cell_lock, config_hash, manifest, read_record, write_atomic
+from .records import cell_lock, config_hash, manifest, read_record, validate_record, write_atomic
+from .results import CellRecord, ScoreEntry
 from .scoring import TargetScorer, model_rdm_problem
 from .workspace import Workspace
 
@@ -425,14 +426,11 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
 
 
 # -- score the test sets --------------------------------------------------------------------------
-def score_tests(p: Prepared, selection: Selection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def score_tests(p: Prepared, selection: Selection) -> tuple[list[ScoreEntry], list[ScoreEntry]]:
     """Each test set scored once, under every convention of the dataset: the selected layer (``scores``)
     and, selection-free, every layer at the final epoch (``per_layer_final``)."""
-    chosen = selection.chosen
-    k_chosen = p.layers.index(chosen["layer"])
-    final_epoch = selection.training["epochs_run"] if selection.training else 0
-    scores: list[dict[str, Any]] = []
-    per_layer: list[dict[str, Any]] = []
+    scores: list[ScoreEntry] = []
+    per_layer: list[ScoreEntry] = []
     for name, g, idx in test_sets(p.dataset, p.splits):
         if p.dataset.target(p.config["target"], g) is None:
             continue
@@ -441,43 +439,43 @@ def score_tests(p: Prepared, selection: Selection) -> tuple[list[dict[str, Any]]
         else:
             rdms = p.rdms(g, idx, f"test features {g}")
             final = selection.final_rdms.get((name, g), rdms)
-        problem = model_rdm_problem(rdms[k_chosen])
-        if problem:
-            raise CellFailure(
-                f"the selected layer {chosen['layer']} (epoch {chosen['epoch']}): its {name} RDM on group {g} {problem}"
-            )
-        healthy = [k for k in range(len(p.layers)) if model_rdm_problem(final[k]) is None]
-        for convention in p.dataset.conventions:
-            scorer = make_scorer(
-                convention, p.dataset, p.config["target"], g, p.metric, idx, p.config["bootstrap"]["seed"]
-            )
-            where = {"split": name, "group": g, "convention": convention}
-            scores.append(
-                {
-                    **where,
-                    "layer": chosen["layer"],
-                    "epoch": chosen["epoch"],
-                    "score": scorer.score(rdms[k_chosen]).to_dict(),
-                }
-            )
-            layer_scores = dict(zip(healthy, scorer.score_many(final[healthy]), strict=True)) if healthy else {}
-            for k, layer in enumerate(p.layers):
-                entry = {**where, "layer": layer, "epoch": final_epoch}
-                if k in layer_scores:
-                    per_layer.append({**entry, "score": layer_scores[k].to_dict()})
-                else:
-                    per_layer.append({**entry, "score": None, "problem": f"RDM {model_rdm_problem(final[k])}"})
+        chosen, more = score_test_set(p, selection, name, g, idx, rdms, final)
+        scores.extend(chosen)
+        per_layer.extend(more)
+    return scores, per_layer
+
+
+def score_test_set(
+    p: Prepared, selection: Selection, name: str, g: str, idx: np.ndarray, rdms: np.ndarray, final: np.ndarray
+) -> tuple[list[ScoreEntry], list[ScoreEntry]]:
+    """The selected layer's score (``rdms``, the selected state) and every final-epoch layer's (``final``)
+    on one test set, under each convention; a broken selected RDM is a CellFailure, a broken other layer
+    an entry with its problem."""
+    chosen = selection.chosen
+    k_chosen = p.layers.index(chosen["layer"])
+    problem = model_rdm_problem(rdms[k_chosen])
+    if problem:
+        raise CellFailure(
+            f"the selected layer {chosen['layer']} (epoch {chosen['epoch']}): its {name} RDM on group {g} {problem}"
+        )
+    final_epoch = selection.training["epochs_run"] if selection.training else 0
+    healthy = [k for k in range(len(p.layers)) if model_rdm_problem(final[k]) is None]
+    scores, per_layer = [], []
+    for convention in p.dataset.conventions:
+        scorer = make_scorer(convention, p.dataset, p.config["target"], g, p.metric, idx, p.config["bootstrap"]["seed"])
+        score = scorer.score(rdms[k_chosen])
+        scores.append(ScoreEntry(name, g, convention, chosen["layer"], chosen["epoch"], score))
+        layer_scores = dict(zip(healthy, scorer.score_many(final[healthy]), strict=True)) if healthy else {}
+        for k, layer in enumerate(p.layers):
+            problem = None if k in layer_scores else f"RDM {model_rdm_problem(final[k])}"
+            per_layer.append(ScoreEntry(name, g, convention, layer, final_epoch, layer_scores.get(k), problem))
     return scores, per_layer
 
 
 # -- the record -----------------------------------------------------------------------------------
 def build_record(
-    p: Prepared,
-    selection: Selection,
-    scores: list[dict[str, Any]],
-    per_layer: list[dict[str, Any]],
-    validate: Validator,
-) -> dict[str, Any]:
+    p: Prepared, selection: Selection, scores: list[ScoreEntry], per_layer: list[ScoreEntry], validate: Validator
+) -> CellRecord:
     config = p.config
     seeds = {"cell": config["seed"], "split": config["split"]["seed"], "bootstrap": config["bootstrap"]["seed"]}
     extra = {
@@ -488,18 +486,17 @@ def build_record(
         "runtime": p.runtime.to_dict(),
         "feature_cache": p.cache_stats,
     }
-    return {
-        "schema": SCHEMA,
-        "cell": p.cell,
-        "config": config,
-        "selection": selection.chosen,
-        "scores": scores,
-        "per_layer_final": per_layer,
-        "curves": {"validation": validate.curves, "training": selection.training},
-        "splits": {g: {k: [int(i) for i in v] for k, v in s.items()} for g, s in p.splits.items()},
-        "timings": p.timings,
-        "manifest": manifest(p.device, p.workspace.plugins.versions, extra),
-    }
+    return CellRecord(
+        cell=p.cell,
+        config=config,
+        selection=selection.chosen,
+        scores=scores,
+        per_layer_final=per_layer,
+        curves={"validation": validate.curves, "training": selection.training},
+        splits={g: {k: [int(i) for i in v] for k, v in s.items()} for g, s in p.splits.items()},
+        timings=p.timings,
+        manifest=manifest(p.device, p.workspace.plugins.versions, extra),
+    )
 
 
 def run_cell(
@@ -536,7 +533,7 @@ def run_cell(
     p.timings["total_s"] = time.perf_counter() - t_start
     if cache is not None:
         p.cache_stats = {"dir": str(cache.root), "hits": cache.hits - counts[0], "misses": cache.misses - counts[1]}
-    return build_record(p, selection, scores, per_layer, validate)
+    return build_record(p, selection, scores, per_layer, validate).to_dict()
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -580,6 +577,6 @@ def execute(
                 f"{config['image_size']} and --batch-size {runtime.batch_size} ({type(exc).__name__}); use smaller "
                 "values"
             ) from None
-        write_atomic(path, record)
+        write_atomic(path, validate_record(record))  # what is written conforms to the shipped schema
         finish_checkpoints(checkpoints, runtime.keep_checkpoints)
     return record

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .records import iter_records
-from .scoring import Score, paired_delta
+from .results import CellRecord
+from .scoring import paired_delta
 
 FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = [
@@ -56,43 +57,50 @@ PAIR_KEYS = (
 )
 
 
-def rows_from_record(record: dict[str, Any]) -> list[dict[str, Any]]:
-    config = record["config"]
+def _number(x: float) -> float | None:
+    """A score value as the record holds it: NaN (e.g. no ceiling from one subject) is None."""
+    return None if math.isnan(x) else x
+
+
+def rows_from_record(record: CellRecord) -> list[dict[str, Any]]:
+    """One leaderboard row per score of the selected layer (split, group, convention)."""
+    config = record.config
     rows = []
-    for entry in record["scores"]:
-        s = entry["score"]
+    for entry in record.scores:
+        s = entry.score
+        assert s is not None  # the selected layer always has a score (a broken one fails the cell)
         rows.append(
             {
                 "dataset": config["dataset"],
                 "target": config["target"],
-                "split": entry["split"],
-                "group": entry["group"],
+                "split": entry.split,
+                "group": entry.group,
                 "backbone": config["backbone"],
                 "objective": config["objective"],
                 "seed": config["seed"],
-                "layer": entry["layer"],
-                "epoch": entry["epoch"],
-                "raw": s["raw"],
-                "ceiling_lower": s["ceiling_lower"],
-                "ceiling_upper": s["ceiling_upper"],
-                "normalized": s["normalized"],
-                "ci_low": s["ci_low"],
-                "ci_high": s["ci_high"],
+                "layer": entry.layer,
+                "epoch": entry.epoch,
+                "raw": _number(s.raw),
+                "ceiling_lower": _number(s.ceiling_lower),
+                "ceiling_upper": _number(s.ceiling_upper),
+                "normalized": _number(s.normalized),
+                "ci_low": _number(s.ci_low),
+                "ci_high": _number(s.ci_high),
                 "delta_vs_frozen": None,
                 "delta_ci_low": None,
                 "delta_ci_high": None,
-                "convention": s["convention"],
-                "metric": s["metric"],
+                "convention": s.convention,
+                "metric": s.metric,
                 "weights": config["weights"],
-                "n_subjects": s["n_subjects"],
-                "n_images": s["n_images"],
-                "cell": record["cell"],
+                "n_subjects": s.n_subjects,
+                "n_images": s.n_images,
+                "cell": record.cell,
                 # private keys, for pairing
                 "_score": s,
                 "image_size": config["image_size"],
-                "layers_key": tuple(config.get("layers") or ()),
-                "split_key": json.dumps(config.get("split"), sort_keys=True),
-                "_bootstrap_seed": config.get("bootstrap", {}).get("seed", 0),
+                "layers_key": tuple(config["layers"]),
+                "split_key": json.dumps(config["split"], sort_keys=True),
+                "_bootstrap_seed": config["bootstrap"]["seed"],
             }
         )
     return rows
@@ -105,7 +113,7 @@ def add_deltas(rows: list[dict[str, Any]]) -> None:
         base = frozen.get(tuple(r[k] for k in PAIR_KEYS))
         if base is None or r["objective"] == "frozen":
             continue
-        a, b = Score.from_dict(r["_score"]), Score.from_dict(base["_score"])
+        a, b = r["_score"], base["_score"]
         if len(a.per_subject) != len(b.per_subject):
             continue
         r["delta_vs_frozen"], r["delta_ci_low"], r["delta_ci_high"] = paired_delta(a, b, seed=r["_bootstrap_seed"])
@@ -118,9 +126,9 @@ def collect_rows(
     every other JSON file there is reported through ``warn``."""
     wanted = set(cells) if cells is not None else None
     rows = []
-    for _, record in iter_records(runs_dir, warn=warn):
-        if wanted is None or record["cell"] in wanted:
-            rows.extend(rows_from_record(record))
+    for _, doc in iter_records(runs_dir, warn=warn):
+        if wanted is None or doc["cell"] in wanted:
+            rows.extend(rows_from_record(CellRecord.from_dict(doc)))
     add_deltas(rows)
     rows.sort(
         key=lambda r: (

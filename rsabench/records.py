@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-SCHEMA = "rsabench.cell/1"
+SCHEMA = "rsabench.cell/2"
 
 
 def canonical_json(obj: Any) -> str:
@@ -104,99 +105,65 @@ def write_atomic(path: Path, document: dict[str, Any]) -> None:
 # -- reading and validating -----------------------------------------------------------------------
 OTHER_SCHEMAS = ("rsabench.failure/", "rsabench.sweep/")
 """Other rsabench documents that may sit in a runs dir: not cell records, skipped without a word."""
-NUMBER = (int, float)
-NUMBER_OR_NULL = (int, float, type(None))
-CONFIG_KEYS = {
-    "dataset": str,
-    "target": str,
-    "backbone": str,
-    "objective": str,
-    "seed": int,
-    "weights": str,
-    "metric": str,
-    "image_size": int,
-}
-SCORE_KEYS = {
-    "raw": NUMBER,
-    "per_subject": list,
-    "ceiling_lower": NUMBER_OR_NULL,
-    "ceiling_upper": NUMBER_OR_NULL,
-    "normalized": NUMBER_OR_NULL,
-    "ci_low": NUMBER,
-    "ci_high": NUMBER,
-    "n_subjects": int,
-    "n_images": int,
-    "convention": str,
-    "metric": str,
-}
-ENTRY_KEYS = {"split": str, "group": str, "convention": str, "layer": str, "epoch": int, "score": dict}
+SCHEMA_FILE = "schemas/cell-2.schema.json"
+"""The JSON Schema of :data:`SCHEMA` records, shipped in the package."""
 
 
 class InvalidRecord(ValueError):
     """A JSON file under a runs dir that is not a usable cell record; the message says why."""
 
 
-def _require(obj: Any, keys: dict[str, Any], where: str) -> None:
-    if not isinstance(obj, dict):
-        raise InvalidRecord(f"{where} is not an object")
-    for key, kind in keys.items():
-        if key not in obj:
-            raise InvalidRecord(f"{where} lacks {key!r}")
-        if not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and kind is not bool):
-            raise InvalidRecord(f"{where}.{key} has the wrong type ({type(obj[key]).__name__})")
+@functools.lru_cache(maxsize=None)
+def _validator(definition: str | None) -> Any:
+    """A JSON Schema validator of a whole record, or (``definition``) of one of the schema's ``$defs``."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads(files("rsabench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+    if definition is not None:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def schema_problem(doc: Any, definition: str | None = None, root: str = "record") -> str | None:
+    """The first way ``doc`` breaks the record schema (``config`` etc. for a ``$defs`` part), said in one
+    line naming the key (``config.split lacks 'seed'``); None when it conforms."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(definition).iter_errors(doc))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or root
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        return f"{where} lacks {missing!r}"
+    if error.validator == "type":
+        return f"{where} has the wrong type ({type(error.instance).__name__}, expected {error.validator_value})"
+    return f"{where}: {error.message}"
 
 
 def validate_record(doc: Any) -> dict[str, Any]:
-    """``doc`` if it is a :data:`SCHEMA` record whose ``cell`` is the hash of its config, else InvalidRecord."""
+    """``doc`` if it is a :data:`SCHEMA` record (:data:`SCHEMA_FILE`) whose ``cell`` is the hash of its
+    config, else InvalidRecord."""
     if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
         raise InvalidRecord("not an rsabench record (no schema)")
     if doc["schema"] != SCHEMA:
         raise InvalidRecord(f"schema {doc['schema']!r}, expected {SCHEMA!r} (written by another rsabench version?)")
-    _require(
-        doc,
-        {"cell": str, "config": dict, "selection": dict, "scores": list, "timings": dict, "manifest": dict},
-        "record",
-    )
-    _require(doc["config"], CONFIG_KEYS, "config")
+    problem = schema_problem(doc)
+    if problem:
+        raise InvalidRecord(problem)
     if config_hash(doc["config"]) != doc["cell"]:
         raise InvalidRecord("its cell hash does not match its config (edited or damaged)")
-    _require(doc["selection"], {"layer": str, "epoch": int}, "selection")
-    for k, entry in enumerate(doc["scores"]):
-        _require(entry, ENTRY_KEYS, f"scores[{k}]")
-        _require(entry["score"], SCORE_KEYS, f"scores[{k}].score")
     return doc
-
-
-DICT_OR_NULL = (dict, type(None))
-STR_OR_NULL = (str, type(None))
-RUNNABLE_CONFIG_KEYS = {
-    **CONFIG_KEYS,
-    "dataset_version": str,
-    "dataset_options": dict,
-    "data_checksums": dict,
-    "weights_sha256": STR_OR_NULL,
-    "objective_options": dict,
-    "trains": bool,
-    "layers": list,
-    "loss_layer": STR_OR_NULL,
-    "train": DICT_OR_NULL,
-    "target_normalization": STR_OR_NULL,
-    "conventions": list,
-    "split": dict,
-    "bootstrap": dict,
-    "code": dict,
-}
 
 
 def validate_config(doc: Any) -> dict[str, Any]:
     """``doc`` if it is a complete resolved cell config (everything :func:`rsabench.cell.run_cell` reads);
     else InvalidRecord naming the first missing or mistyped key."""
-    _require(doc, RUNNABLE_CONFIG_KEYS, "config")
-    _require(doc["split"], {"seed": int, "val_fraction": NUMBER, "test_fraction": NUMBER_OR_NULL}, "config.split")
-    _require(doc["bootstrap"], {"seed": int, "samples": int}, "config.bootstrap")
-    _require(doc["code"], {"rsabench": str, "plugins": dict}, "config.code")
-    if doc["trains"] != (doc["train"] is not None):
-        raise InvalidRecord("config.train must be an object exactly when config.trains is true")
+    problem = schema_problem(doc, "config", root="config")
+    if problem:
+        raise InvalidRecord(problem if problem.startswith("config") else f"config.{problem}")
     return doc
 
 

@@ -122,8 +122,8 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
         ),
         (lambda c: c.update(weights_sha256="0" * 64), "a digest goes with a weights file only"),
         (lambda c: c.pop("split"), "config lacks 'split'"),
-        (lambda c: c["split"].update(seed="3"), "config.split.seed has the wrong type"),
-        (lambda c: c.update(trains=True), "config.train must be an object exactly when config.trains is true"),
+        (lambda c: c["split"].update(seed="3"), "config.split.seed has the wrong type (str, expected integer)"),
+        (lambda c: c.update(trains=True), "config.train has the wrong type"),
         (lambda c: c["code"].update(rsabench="0.0.0"), "this cell's config was resolved with code"),
     ],
 )
@@ -154,7 +154,7 @@ def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config is not an object")]
+    "text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config has the wrong type (list, expected object)")]
 )
 def test_run_cell_refuses_what_is_not_a_config(tmp_path, capsys, text, message):
     config_file = tmp_path / "config.json"

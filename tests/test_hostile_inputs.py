@@ -64,9 +64,9 @@ def bad_files(tmp: Path) -> None:
     records = tmp / "records"
     (records / "kriegeskorte2008").mkdir(parents=True)
     (records / "kriegeskorte2008" / "missing-config.json").write_text(
-        json.dumps({"schema": "rsabench.cell/1", "cell": "0" * 64})
+        json.dumps({"schema": "rsabench.cell/2", "cell": "0" * 64})
     )
-    (records / "kriegeskorte2008" / "truncated.json").write_text('{"schema": "rsabench.cell/1", "cell": ')
+    (records / "kriegeskorte2008" / "truncated.json").write_text('{"schema": "rsabench.cell/2", "cell": ')
     (records / "foreign.json").write_text(json.dumps({"schema": "something/2"}))
 
 
