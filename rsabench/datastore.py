@@ -1,46 +1,98 @@
-"""Dataset files on disk: ``rsabench data info|verify|import|fetch NAME``.
+"""Dataset files on disk: ``rsabench data info|verify|import|fetch NAME``, for every registered dataset.
+
+Each command calls the :class:`~rsabench.dataset.DataSource` the dataset registered with its factory
+(:func:`rsabench.dataset.with_data`); a dataset that registered none is loaded and checked
+(:class:`~rsabench.dataset.LoadedDataSource`). Nothing here knows a particular dataset.
 
 - :func:`info` — what a dataset needs, where rsabench looks, what is there.
-- :func:`verify` — problems found: sha256 against the manifest shipped in the package
-  (``rsabench/data/algonauts2019-sha256.txt``) and invariants (square, symmetric, zero diagonal, finite,
-  one image per RDM row, readable images, equal subject counts).
-- :func:`import_release` — copy a release (folder or .zip) into ``<data_dir>/algonauts2019/``: staged in a
-  temporary folder next to it, verified, then swapped in by rename; on any error nothing changes.
-- :func:`fetch` — Algonauts 2019 has no stable public URL with checksums: a UsageError says where to get it.
+- :func:`verify` — problems found (empty: all good).
+- :func:`import_release` — the data source's importer; :func:`import_tree` is the staged, verified, all or
+  nothing copy that importers build on (staged next to the destination, verified, swapped in by rename).
+- :func:`fetch` — the data source's fetcher, where it has one.
+
+Helpers for data sources: :func:`read_manifest` / :func:`write_manifest` (sha256 manifests shipped in a
+package), :func:`checksum_problems`, :func:`find_folders`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import os
 import shutil
 import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable, Iterable
 
+from .dataset import DataSource, LoadedDataSource, data_source, sha256_file
 from .dataset import data_dir as default_data_dir
-from .dataset import sha256_file
-from .errors import DataError, UsageError
-
-ALGONAUTS = ("algonauts-fmri", "algonauts-meg")
-MANIFEST = "algonauts2019-sha256.txt"
-RELEASE_PARTS = ("Training_Data", "Test_Data")
-EMBEDDED = ("kriegeskorte2008",)
+from .errors import DataError, PluginError, UsageError
 
 
-def _canonical(name: str) -> str:
+def _source(name: str) -> tuple[str, DataSource]:
+    """The canonical name of dataset ``name`` and its data source."""
     from .plugins import get_plugins
 
-    return get_plugins().datasets.canonical(name)
+    registry = get_plugins().datasets
+    name = registry.canonical(name)
+    factory = registry.get(name)
+    try:
+        source = data_source(factory)
+    except Exception as exc:  # a broken plugin is named, never a crash
+        raise PluginError(
+            f"dataset {name!r} (plugin {registry.plugin_of(name)!r}): its data source cannot be loaded "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return name, source if source is not None else LoadedDataSource(factory)
 
 
-def read_manifest(manifest: str = MANIFEST) -> dict[str, str]:
-    """``{relative path: sha256}`` from a manifest in ``rsabench/data``."""
-    text = resources.files("rsabench.data").joinpath(manifest).read_text(encoding="utf-8")
+def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A description of dataset ``name``: files needed, where rsabench looks, what is present, licence, citation."""
+    from .plugins import get_plugins
+
+    name, source = _source(name)
+    root = default_data_dir(data_dir)
+    out: dict[str, Any] = {"name": name, "summary": get_plugins().datasets.summary(name), "looks_in": str(root)}
+    return {**out, **dict(source.describe(root))}
+
+
+def verify(name: str, data_dir: str | os.PathLike | None = None, *, checksums: bool = True) -> list[str]:
+    """Problems with dataset ``name``'s files (empty list: all good). Absent optional parts are not problems.
+
+    ``checksums=False`` checks invariants only (for a release that differs from the recorded one).
+    """
+    name, source = _source(name)
+    return [str(p) for p in source.verify(default_data_dir(data_dir), checksums=checksums)]
+
+
+def import_release(
+    name: str, src: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, checksums: bool = True
+) -> dict[str, Any]:
+    """Import a downloaded release of dataset ``name`` into the data directory (its data source's importer).
+
+    Returns at least ``{"destination", "copied"}``; on any error nothing changes.
+    """
+    name, source = _source(name)
+    importer = getattr(source, "import_release", None)
+    if not callable(importer):
+        raise UsageError(f"dataset {name!r} has no importer here (see `rsabench data info {name}`)")
+    return dict(importer(Path(src).expanduser(), default_data_dir(data_dir), checksums=checksums))
+
+
+def fetch(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Make dataset ``name`` available (its data source's fetcher); returns where it is."""
+    name, source = _source(name)
+    fetcher = getattr(source, "fetch", None)
+    if not callable(fetcher):
+        raise UsageError(f"dataset {name!r}: no fetcher here; see `rsabench data info {name}`")
+    return Path(fetcher(default_data_dir(data_dir)))
+
+
+# -- helpers for data sources ----------------------------------------------------------------------
+def read_manifest(manifest: str, package: str = "rsabench.data") -> dict[str, str]:
+    """``{relative path: sha256}`` from a ``sha256sum``-style manifest shipped in ``package``."""
+    text = resources.files(package).joinpath(manifest).read_text(encoding="utf-8")
     out = {}
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
@@ -50,183 +102,30 @@ def read_manifest(manifest: str = MANIFEST) -> dict[str, str]:
     return out
 
 
-def write_manifest(root: str | os.PathLike, out: str | os.PathLike) -> int:
-    """Record sha256 of every file under ``root``'s release folders (maintainers); returns the count."""
+def write_manifest(root: str | os.PathLike, out: str | os.PathLike, parts: Iterable[str]) -> int:
+    """Record sha256 of every file under ``root``'s folders ``parts`` (maintainers); returns the count."""
     root = Path(root)
-    files = sorted(
-        p for part in RELEASE_PARTS if (root / part).is_dir() for p in (root / part).rglob("*") if p.is_file()
-    )
+    files = sorted(p for part in parts if (root / part).is_dir() for p in (root / part).rglob("*") if p.is_file())
     lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}" for p in files]
     Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
 
 
-# -- info ------------------------------------------------------------------------------------------
-def _dataset_module(name: str) -> Any:
-    """The module behind a registered dataset factory (``lazy("pkg.mod:load")`` or a plain function)."""
-    from .plugins import get_plugins
-
-    factory = get_plugins().datasets.get(name)
-    module = getattr(factory, "__module__", None)
-    try:
-        return importlib.import_module(module) if module else None
-    except ImportError:
-        return None
-
-
-def _call_with_data_dir(fn: Any, data_dir: str | os.PathLike | None) -> Any:
-    return fn(data_dir) if inspect.signature(fn).parameters else fn()
-
-
-def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A description of dataset ``name``: files needed, where rsabench looks, what is present, licence, citation.
-
-    Algonauts 2019 is described here; another dataset module may provide ``describe([data_dir])`` (and
-    ``missing_files(data_dir)``), else the dataset is loaded and summarised.
-    """
-    name = _canonical(name)
-    if name in ALGONAUTS:
-        from .builtin import algonauts
-
-        return algonauts.describe(data_dir, name)
-    from .plugins import get_plugins
-
-    registry = get_plugins().datasets
-    out: dict[str, Any] = {"name": name, "summary": registry.summary(name), "looks_in": str(default_data_dir(data_dir))}
-    module = _dataset_module(name)
-    if name not in EMBEDDED and module is not None and callable(getattr(module, "describe", None)):
-        described = dict(_call_with_data_dir(module.describe, data_dir))
-        if described.get("directory"):
-            out["looks_in"] = str(default_data_dir(data_dir) / described["directory"])
-        if callable(getattr(module, "missing_files", None)):
-            missing = list(module.missing_files(data_dir))
-            described.setdefault("missing", missing)
-            described.setdefault("present", not missing)
-        return {**out, **described}
-    try:
-        ds = registry.get(name)(default_data_dir(data_dir))
-    except DataError as exc:
-        return {**out, "present": False, "error": str(exc)}
-    if name in EMBEDDED:
-        out["looks_in"] = "embedded in the rsabench package"
-    return {
-        **out,
-        "present": True,
-        "description": ds.description,
-        "targets": ds.target_names(),
-        "groups": {
-            g: {
-                "images": s.n,
-                "has_images": s.load_images is not None,
-                "subjects": max((t.n_subjects for t in ds.targets if t.group == g), default=0),
-            }
-            for g, s in ds.groups.items()
-        },
-        "splits": {"train": ds.train_groups, **ds.test_splits},
-        "conventions": list(ds.conventions),
-        "license": ds.license,
-        "citation": ds.citation,
-        "checksums": dict(ds.checksums),
-        "notes": list(ds.notes),
-    }
-
-
-# -- verify ----------------------------------------------------------------------------------------
-def _verify_algonauts(root: Path, modalities: list[str], manifest: dict[str, str] | None) -> list[str]:
-    from .builtin import algonauts
-
-    problems: list[str] = []
-    if not root.is_dir():
-        return [f"{root}: Algonauts 2019 data not found (see `rsabench data info {modalities[0]}`)"]
-    stems = {algonauts.modality_for(m).stem for m in modalities}
-    other_stems = {m.stem for m in algonauts.MODALITIES.values()} - stems
-    for rel, digest in sorted((manifest or {}).items()):
-        stem = PurePosixPath(rel).stem.removesuffix("_TS2")
-        if stem in other_stems:
-            continue
-        path = root / rel
-        if path.is_file():
-            got = sha256_file(path)
-            if got != digest:
-                problems.append(f"{path}: sha256 mismatch (expected {digest[:16]}..., got {got[:16]}...)")
-    for m in modalities:
-        mod = algonauts.modality_for(m)
-        found = 0
-        for layout in algonauts.GROUPS.values():
-            path = root / layout.target_file(mod.stem)
-            if not path.is_file():
-                continue
-            found += 1
-            try:
-                rdms = algonauts.read_target_file(path, mod)
-            except DataError as exc:
-                problems.append(str(exc))
-                continue
-            n = next(iter(rdms.values())).shape[-1]
-            if layout.image_dir and (root / layout.image_dir).is_dir():
-                try:
-                    algonauts.check_images(root / layout.image_dir, n, path)
-                except DataError as exc:
-                    problems.append(str(exc))
-        if not found:
-            problems.append(
-                f"{root}: no {mod.stem}*.mat found for {mod.name} (expected e.g. "
-                f"{algonauts.GROUPS['92'].target_file(mod.stem)})"
-            )
-    problems.extend(_decode_images(root))
-    return list(dict.fromkeys(problems))
-
-
-def _decode_images(root: Path) -> list[str]:
-    """Fully decode every image of the release (catches truncated files a header check misses)."""
-    from PIL import Image
-
-    from .builtin import algonauts
-
+def checksum_problems(
+    root: Path, manifest: dict[str, str], skip: Callable[[str], bool] = lambda rel: False
+) -> list[str]:
+    """A line per file under ``root`` whose sha256 differs from ``manifest`` (absent files are not checked)."""
     problems = []
-    for layout in algonauts.GROUPS.values():
-        if layout.image_dir and (root / layout.image_dir).is_dir():
-            for p in algonauts.image_files(root / layout.image_dir):
-                try:
-                    with Image.open(p) as im:
-                        im.load()
-                except Exception as exc:
-                    problems.append(f"{p}: unreadable image ({type(exc).__name__}: {exc})")
+    for rel, digest in sorted(manifest.items()):
+        path = root / rel
+        if skip(rel) or not path.is_file():
+            continue
+        got = sha256_file(path)
+        if got != digest:
+            problems.append(f"{path}: sha256 mismatch (expected {digest[:16]}..., got {got[:16]}...)")
     return problems
 
 
-def verify(name: str, data_dir: str | os.PathLike | None = None, *, checksums: bool = True) -> list[str]:
-    """Problems with dataset ``name``'s files (empty list: all good). Absent optional parts are not problems.
-
-    ``checksums=False`` checks invariants only (for a release that differs from the recorded one).
-    """
-    name = _canonical(name)
-    if name in ALGONAUTS:
-        from .builtin import algonauts
-
-        return _verify_algonauts(algonauts.release_root(data_dir), [name], read_manifest() if checksums else None)
-    module = _dataset_module(name)
-    if module is not None and callable(getattr(module, "verify", None)):
-        return list(_call_with_data_dir(module.verify, data_dir))
-    if module is not None and callable(getattr(module, "missing_files", None)):
-        missing = list(module.missing_files(data_dir))
-        if missing:
-            described = (
-                _call_with_data_dir(module.describe, data_dir) if callable(getattr(module, "describe", None)) else {}
-            )
-            base = default_data_dir(data_dir) / described.get("directory", "")
-            return [f"{base / rel}: missing" for rel in missing]
-    from .plugins import get_plugins
-
-    try:
-        ds = get_plugins().datasets.get(name)(default_data_dir(data_dir))
-        ds.validate()
-    except DataError as exc:
-        return [str(exc)]
-    return []
-
-
-# -- import ----------------------------------------------------------------------------------------
 def _extract_zip(src: Path, dest: Path) -> None:
     try:
         with zipfile.ZipFile(src) as zf:
@@ -244,10 +143,12 @@ def _extract_zip(src: Path, dest: Path) -> None:
         raise DataError(f"{src}: cannot read the .zip archive; truncated or corrupt? ({exc})") from None
 
 
-def find_release_parts(folder: Path, max_depth: int = 3) -> dict[str, Path]:
-    """The ``Training_Data`` / ``Test_Data`` folders inside ``folder`` (itself or up to 3 levels down)."""
+def find_folders(folder: Path, names: Iterable[str], max_depth: int = 3) -> dict[str, Path]:
+    """The folders called one of ``names`` inside ``folder`` (itself or up to ``max_depth`` levels down);
+    DataError if one name is found twice."""
+    names = tuple(names)
     found: dict[str, list[Path]] = {}
-    if folder.name in RELEASE_PARTS:
+    if folder.name in names:
         return {folder.name: folder}
     stack = [(folder, 0)]
     while stack:
@@ -255,7 +156,7 @@ def find_release_parts(folder: Path, max_depth: int = 3) -> dict[str, Path]:
         for child in sorted(d.iterdir()):
             if not child.is_dir() or child.name == "__MACOSX" or child.name.startswith("."):
                 continue
-            if child.name in RELEASE_PARTS:
+            if child.name in names:
                 found.setdefault(child.name, []).append(child)
             elif depth < max_depth:
                 stack.append((child, depth + 1))
@@ -285,27 +186,24 @@ def _copy_tree(src: Path, dest: Path) -> list[str]:
     return copied
 
 
-def import_release(
-    name: str, src: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, checksums: bool = True
+# -- staged import ---------------------------------------------------------------------------------
+def import_tree(
+    src: Path,
+    final: Path,
+    *,
+    what: str,
+    locate: Callable[[Path], dict[str, Path]],
+    check: Callable[[Path], list[str]],
 ) -> dict[str, Any]:
-    """Import an Algonauts 2019 release (a folder or .zip holding ``Training_Data/`` and/or ``Test_Data/``).
+    """Copy a release (folder or .zip ``src``) into ``final``, all or nothing.
 
-    Existing files under ``<data_dir>/algonauts2019`` are kept (a release shipped in parts can be imported
-    part by part); files from ``src`` replace same-named ones. The merged tree is verified (checksums,
-    invariants; ``name``'s modality must have at least one target file) before it replaces the old one.
-    ``checksums=False`` skips the comparison with the recorded sha256 manifest (invariants still apply).
-    Returns ``{"destination", "copied", "replaced"}``.
+    ``locate(unpacked)`` returns ``{destination subfolder: source folder}`` (raising DataError when the
+    release is not there); existing files of ``final`` are kept and same-named ones replaced; ``check(staged)``
+    lists problems of the merged tree, and any problem refuses the import. ``what`` names the release in
+    messages. Returns ``{"destination", "copied", "replaced"}``.
     """
-    name = _canonical(name)
-    if name not in ALGONAUTS:
-        what = "is embedded in the package; nothing to import" if name in EMBEDDED else "has no importer here"
-        raise UsageError(f"dataset {name!r} {what} (`rsabench data import` supports {', '.join(ALGONAUTS)})")
-    from .builtin import algonauts
-
-    src = Path(src).expanduser()
     if not src.exists():
-        raise DataError(f"{src}: not found (expected the Algonauts 2019 release: a folder or .zip)")
-    final = algonauts.release_root(data_dir)
+        raise DataError(f"{src}: not found (expected {what}: a folder or .zip)")
     created = _missing_ancestors(final.parent)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -314,7 +212,7 @@ def import_release(
     try:
         with _import_lock(final):
             _remove_stale_imports(final)
-            return _import_locked(name, src, final, checksums)
+            return _import_locked(src, final, what, locate, check)
     except BaseException:
         for d in created:  # a refused import leaves no folder it created
             with contextlib.suppress(OSError):
@@ -355,68 +253,60 @@ def _remove_stale_imports(final: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _import_locked(name: str, src: Path, final: Path, checksums: bool) -> dict[str, Any]:
+def _unpack(src: Path, work: Path, what: str) -> Path:
+    """The folder holding the release: ``src`` itself, or ``src`` (a .zip) extracted under ``work``."""
+    if not src.is_file():
+        return src
+    if not zipfile.is_zipfile(src):
+        raise DataError(f"{src}: not a .zip archive or folder (expected {what})")
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    _extract_zip(src, unpacked)
+    if not any(unpacked.iterdir()):
+        raise DataError(f"{src}: the .zip archive is empty (expected {what})")
+    return unpacked
+
+
+def _stage(parts: dict[str, Path], final: Path, staging: Path) -> tuple[set[str], list[str]]:
+    """The existing tree, then the release's parts, copied into ``staging``: (existing files, copied files)."""
+    existing = set(_copy_tree(final, staging)) if final.is_dir() else set()
+    staging.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for part, path in sorted(parts.items()):
+        copied += [f"{part}/{rel}" for rel in _copy_tree(path, staging / part)]
+    return existing, copied
+
+
+def _swap_in(staging: Path, final: Path, backup: Path) -> None:
+    """Replace ``final`` by ``staging`` (renames; the old tree is restored if the second rename fails)."""
+    if final.exists():
+        os.rename(final, backup)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if backup.exists():
+            os.rename(backup, final)
+        raise
+
+
+def _import_locked(
+    src: Path,
+    final: Path,
+    what: str,
+    locate: Callable[[Path], dict[str, Path]],
+    check: Callable[[Path], list[str]],
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.import-", dir=final.parent))
     try:
-        if src.is_file():
-            if not zipfile.is_zipfile(src):
-                raise DataError(f"{src}: not a .zip archive or folder (expected the Algonauts 2019 release)")
-            unpacked = work / "unpacked"
-            unpacked.mkdir()
-            _extract_zip(src, unpacked)
-            if not any(unpacked.iterdir()):
-                raise DataError(f"{src}: the .zip archive is empty (expected the Algonauts 2019 release)")
-            src_root = unpacked
-        else:
-            src_root = src
-        parts = find_release_parts(src_root)
-        if not parts:
-            raise DataError(
-                f"{src}: no Training_Data/ or Test_Data/ folder found (expected the official release layout)"
-            )
+        parts = locate(_unpack(src, work, what))
         staging = work / final.name
-        existing = set(_copy_tree(final, staging)) if final.is_dir() else set()
-        staging.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for part, path in sorted(parts.items()):
-            copied += [f"{part}/{rel}" for rel in _copy_tree(path, staging / part)]
-        problems = _verify_algonauts(staging, [name], read_manifest() if checksums else None)
+        existing, copied = _stage(parts, final, staging)
+        problems = check(staging)
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             shown = "; ".join(p.replace(str(staging), str(final)) for p in problems[:3])
             raise DataError(f"{src}: import refused, nothing changed: {shown}{more}")
-        backup = work / "previous"
-        if final.exists():
-            os.rename(final, backup)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if backup.exists():
-                os.rename(backup, final)
-            raise
+        _swap_in(staging, final, work / "previous")
         return {"destination": str(final), "copied": sorted(copied), "replaced": sorted(existing & set(copied))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-# -- fetch -----------------------------------------------------------------------------------------
-def fetch(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Make dataset ``name`` available; returns where it is. Algonauts 2019 cannot be downloaded automatically."""
-    name = _canonical(name)
-    if name in EMBEDDED:
-        from .builtin import kriegeskorte2008
-
-        return kriegeskorte2008.data_file().parent
-    if name in ALGONAUTS:
-        from .builtin import algonauts
-
-        root = algonauts.release_root(data_dir)
-        stem = algonauts.modality_for(name).stem
-        if any((root / g.target_file(stem)).is_file() for g in algonauts.GROUPS.values()):
-            return root
-        raise UsageError(
-            f"{name}: no stable public URL with checksums is known for Algonauts 2019, so rsabench cannot fetch it; "
-            f"download the release from {algonauts.SOURCE}, then run `rsabench data import {name} PATH` "
-            f"(a folder or .zip; files go to {root})"
-        )
-    raise UsageError(f"dataset {name!r}: no fetcher here; see `rsabench data info {name}`")

@@ -12,7 +12,17 @@ hookimpl = pluggy.HookimplMarker("rsabench")
 
 @hookspec
 def register_datasets(register):
-    """Register datasets: ``register(name, factory, summary=...)``; ``factory(data_dir) -> Dataset``."""
+    """Register datasets: ``register(name, factory, summary=...)``; ``factory(data_dir, **options) -> Dataset``.
+
+    Data management (``rsabench data info|verify|import|fetch NAME``) is part of the interface: register the
+    factory with its :class:`rsabench.dataset.DataSource`, ``register(name, with_data(factory, source))``
+    (``from rsabench.dataset import with_data``), where ``source`` is a DataSource or ``"package.module:ATTR"``
+    naming one (imported only when a data command runs). A DataSource implements ``describe(data_dir) -> dict``
+    (what ``data info`` prints: ``looks_in``, the files expected, ``present``), ``verify(data_dir, *,
+    checksums=True) -> list[str]`` (one problem per line, naming the file) and optionally
+    ``import_release(src, data_dir, *, checksums=True) -> dict`` and ``fetch(data_dir) -> Path``. A dataset
+    registered without one is loaded with default options for ``data info`` and validated for ``data verify``.
+    """
 
 
 @hookspec

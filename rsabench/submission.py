@@ -1,9 +1,10 @@
 """Scoring precomputed model RDMs (``rsabench score``) in the Algonauts 2019 submission format.
 
-A submission holds one ``(n, n)`` model RDM per target: ``submit_fmri.mat`` with ``EVC_RDMs``/``IT_RDMs``,
-``submit_meg.mat`` with ``MEG_RDMs_early``/``MEG_RDMs_late`` (MATLAB v5 or v7.3, or ``.npz`` with those
-keys). Other datasets use ``<target>_RDMs`` (``hIT_RDMs`` for kriegeskorte2008); a dataset with a single
-target also takes a bare ``(n, n)`` ``.npy``. Rows of the RDM follow the split's images in sorted file-name
+A submission holds one ``(n, n)`` model RDM per target (MATLAB v5 or v7.3, or ``.npz``), under the variable
+the dataset names (:meth:`rsabench.dataset.Dataset.submission_key`): Algonauts' ``submit_fmri.mat`` holds
+``EVC_RDMs``/``IT_RDMs``, ``submit_meg.mat`` ``MEG_RDMs_early``/``MEG_RDMs_late``; the default is
+``<target>_RDMs`` (``hIT_RDMs`` for kriegeskorte2008); the target's own name is accepted too. A dataset with a
+single target also takes a bare ``(n, n)`` ``.npy``. Rows of the RDM follow the split's images in sorted file-name
 order. The diagonal is ignored (the devkit reads the strict upper triangle); asymmetric RDMs are refused.
 """
 
@@ -21,16 +22,6 @@ from .dataset import Dataset
 from .errors import DataError, UsageError
 from .matio import BARE, check_rdms, read_arrays
 from .scoring import Score, model_rdm_problem
-
-SUBMISSION_KEYS: dict[str, dict[str, str]] = {
-    "algonauts-fmri": {"EVC": "EVC_RDMs", "IT": "IT_RDMs"},
-    "algonauts-meg": {"MEG-early": "MEG_RDMs_early", "MEG-late": "MEG_RDMs_late"},
-}
-
-
-def submission_key(dataset_name: str, target: str) -> str:
-    """The variable holding the model RDM for ``target`` (``EVC_RDMs``; default ``<target>_RDMs``)."""
-    return SUBMISSION_KEYS.get(dataset_name, {}).get(target, f"{target}_RDMs")
 
 
 def split_names(dataset: Dataset) -> list[str]:
@@ -70,7 +61,7 @@ def read_submission(path: str | os.PathLike, dataset: Dataset, group: str) -> di
     names = [t.name for t in dataset.targets if t.group == group]
     n = dataset.groups[group].n
     arrays = read_arrays(path)
-    keys = {t: submission_key(dataset.name, t) for t in names}
+    keys = {t: dataset.submission_key(t) for t in names}
     out: dict[str, np.ndarray] = {}
     if list(arrays) == [BARE]:
         if len(names) != 1:

@@ -15,7 +15,7 @@ from scipy.spatial.distance import squareform
 from scipy.stats import rankdata, spearmanr
 
 from rsabench import datastore
-from rsabench.builtin import algonauts
+from rsabench.builtin import algonauts, algonauts_data
 from rsabench.conventions import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer, ComputedScorer, devkit_noise_ceiling
 from rsabench.errors import DataError, UsageError
 from rsabench.rsa import SpearmanMetric
@@ -45,7 +45,7 @@ def test_real_fmri_layout(fmri, shared_data):
     assert fmri.groups["78-ts2"].ids == fmri.groups["78"].ids
     assert fmri.citation.startswith("Cichy") and "1905.05675" in fmri.citation and "not stated" in fmri.license
     assert fmri.conventions == ("algonauts2019", "computed") and fmri.target_normalization == "none"
-    manifest = datastore.read_manifest()
+    manifest = algonauts_data.read_manifest()
     for rel, digest in fmri.checksums.items():
         assert manifest[rel] == digest
     # values are those of the file (v7.3 transposed back), first subject, first rows
@@ -340,7 +340,7 @@ def test_fetch(tmp_path, shared_data):
 
 
 def test_manifest_covers_the_release(shared_data):
-    manifest = datastore.read_manifest()
+    manifest = algonauts_data.read_manifest()
     root = shared_data / "algonauts2019"
     files = {
         p.relative_to(root).as_posix()

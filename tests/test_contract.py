@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsabench import testing
+from rsabench import datastore, testing
 from rsabench.errors import DataError
 from rsabench.plugins import get_plugins
 
@@ -21,6 +21,21 @@ def test_dataset_contract(name, shared_data_or_none):
         testing.check_dataset(PLUGINS.datasets.get(name), shared_data_or_none, name)
     except DataError as exc:
         pytest.skip(f"{name}: data not available here ({exc})")
+
+
+@pytest.mark.parametrize("name", PLUGINS.datasets.names())
+def test_dataset_data_contract(name, tmp_path):
+    """`rsabench data info` describes every dataset as JSON; `data verify` finds problems exactly when the
+    files are not present (an empty data dir here); neither writes anything."""
+    import json
+
+    info = datastore.info(name, tmp_path)
+    json.dumps(info, default=str)
+    assert info["name"] == name and isinstance(info["looks_in"], str) and isinstance(info["present"], bool)
+    problems = datastore.verify(name, tmp_path)
+    assert isinstance(problems, list) and all(isinstance(p, str) and "\n" not in p for p in problems)
+    assert bool(problems) == (not info["present"]), problems
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", PLUGINS.backbones.names())

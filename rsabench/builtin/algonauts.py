@@ -35,14 +35,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from rsabench.dataset import Dataset, StimulusGroup, Target
 from rsabench.dataset import data_dir as default_data_dir
 from rsabench.errors import DataError, UsageError
-from rsabench.matio import array_shapes, load_rdm_arrays
+from rsabench.matio import load_rdm_arrays
 
 RELEASE_DIR = "algonauts2019"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -243,6 +243,82 @@ def read_target_file(path: Path, modality: Modality) -> dict[str, np.ndarray]:
     return out
 
 
+class _Builder:
+    """Collects one track's groups, targets, input files and notes while :func:`load` reads the release."""
+
+    def __init__(self, root: Path, mod: Modality, ts2_images: str) -> None:
+        self.root, self.mod, self.ts2_images = root, mod, ts2_images
+        self.notes: list[str] = []
+        self.groups: dict[str, StimulusGroup] = {}
+        self.targets: list[Target] = []
+        self.files: dict[str, list[Path]] = {}
+        self.image_lists: dict[str, list[Path]] = {}
+        self.loaders: dict[str, Callable[[], np.ndarray] | None] = {}
+
+    def add_group(self, gname: str, layout: GroupLayout) -> None:
+        """Group ``gname`` with its targets, when its RDM file exists (else a note)."""
+        rel = layout.target_file(self.mod.stem)
+        path = self.root / rel
+        if not path.is_file():
+            self.notes.append(f"group {gname!r} ({layout.role}) skipped: {rel} not found under {self.root}")
+            return
+        rdms = read_target_file(path, self.mod)
+        n = next(iter(rdms.values())).shape[-1]
+        self.files[rel] = [path]
+        images = self._images(gname, layout, path, n)
+        if images is not None:
+            ids = [p.stem for p in images]
+            loader = self.loaders.get("78") if layout.image_dir is None else _image_loader(images)
+            self.loaders[gname] = loader
+        else:
+            ids = [f"{gname}-{i + 1:03d}" for i in range(n)]
+            loader = None
+        self.groups[gname] = StimulusGroup(gname, ids, load_images=loader)
+        for tname, a in rdms.items():
+            source = f"{path} ({self.mod.targets[tname]})"
+            self.targets.append(Target(tname, gname, a, kind=self.mod.kind, source=source))
+
+    def _images(self, gname: str, layout: GroupLayout, path: Path, n: int) -> list[Path] | None:
+        """The group's image files (checked against its ``n``x``n`` RDMs), or None with a note saying why."""
+        if layout.image_dir is not None:
+            folder = self.root / layout.image_dir
+            if folder.is_dir():
+                images = check_images(folder, n, path)
+                self.image_lists[gname] = self.files[layout.image_dir + "/"] = images
+                return images
+            self.notes.append(
+                f"group {gname!r} has RDMs but no images ({layout.image_dir}/ not found): scoreable with `rsabench "
+                "score` only"
+            )
+            return None
+        if self.ts2_images == "78" and "78" in self.image_lists:
+            if n != len(self.image_lists["78"]):
+                raise DataError(f"{path}: RDMs are {n}x{n} but the 78 test images number {len(self.image_lists['78'])}")
+            self.notes.append(
+                f"group {gname!r}: hidden test set TS2 scored on the 78 test images, as the challenge did "
+                "(ts2_images='78')"
+            )
+            return self.image_lists["78"]
+        self.notes.append(f"group {gname!r} has no images in the release: scoreable with `rsabench score` only")
+        return None
+
+    def train_groups(self) -> list[str]:
+        """The training groups that have images (notes for the others and for subject counts)."""
+        subjects = {g: next(t.n_subjects for t in self.targets if t.group == g) for g in self.groups}
+        if len(set(subjects.values())) > 1:
+            listing = ", ".join(f"{g} {s}" for g, s in subjects.items())
+            self.notes.append("subject counts differ between groups: " + listing)
+        train = []
+        for g in TRAIN_GROUPS:
+            if g in self.groups and self.groups[g].load_images is None:
+                self.notes.append(f"group {g!r} dropped from training: its images are not present")
+            elif g in self.groups:
+                train.append(g)
+        if not train:
+            self.notes.append("no training group has images: only `rsabench score` can use this dataset")
+        return train
+
+
 def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_images: str = "78") -> Dataset:
     """The Algonauts 2019 fMRI (``modality="fmri"``) or MEG (``"meg"``) dataset from the release on disk.
 
@@ -258,87 +334,31 @@ def load(data_dir: str | Path | None = None, *, modality: str = "fmri", ts2_imag
             f"{root}: Algonauts 2019 data not found; download the release from {SOURCE}, then run "
             f"`rsabench data import {mod.name} PATH` (see `rsabench data info {mod.name}`)"
         )
-    notes: list[str] = []
-    groups: dict[str, StimulusGroup] = {}
-    targets: list[Target] = []
-    files: dict[str, list[Path]] = {}
-    image_lists: dict[str, list[Path]] = {}
-    loaders: dict[str, Callable[[], np.ndarray]] = {}
+    b = _Builder(root, mod, ts2_images)
     for gname, layout in GROUPS.items():
-        rel = layout.target_file(mod.stem)
-        path = root / rel
-        if not path.is_file():
-            notes.append(f"group {gname!r} ({layout.role}) skipped: {rel} not found under {root}")
-            continue
-        rdms = read_target_file(path, mod)
-        n = next(iter(rdms.values())).shape[-1]
-        files[rel] = [path]
-        images: list[Path] | None = None
-        if layout.image_dir is not None:
-            folder = root / layout.image_dir
-            if folder.is_dir():
-                images = check_images(folder, n, path)
-                image_lists[gname] = files[layout.image_dir + "/"] = images
-            else:
-                notes.append(
-                    f"group {gname!r} has RDMs but no images ({layout.image_dir}/ not found): scoreable with `rsabench "
-                    "score` only"
-                )
-        elif ts2_images == "78" and "78" in image_lists:
-            if n != len(image_lists["78"]):
-                raise DataError(f"{path}: RDMs are {n}x{n} but the 78 test images number {len(image_lists['78'])}")
-            images = image_lists["78"]
-            notes.append(
-                f"group {gname!r}: hidden test set TS2 scored on the 78 test images, as the challenge did "
-                "(ts2_images='78')"
-            )
-        else:
-            notes.append(f"group {gname!r} has no images in the release: scoreable with `rsabench score` only")
-        if images is not None:
-            ids = [p.stem for p in images]
-            loader: Callable[[], np.ndarray] | None = (
-                loaders.get("78") if layout.image_dir is None else _image_loader(images)
-            )
-            loaders[gname] = loader
-        else:
-            ids = [f"{gname}-{i + 1:03d}" for i in range(n)]
-            loader = None
-        groups[gname] = StimulusGroup(gname, ids, load_images=loader)
-        for tname, a in rdms.items():
-            targets.append(Target(tname, gname, a, kind=mod.kind, source=f"{path} ({mod.targets[tname]})"))
-    if not targets:
+        b.add_group(gname, layout)
+    if not b.targets:
         raise DataError(
             f"{root}: no {mod.stem}*.mat files found (expected e.g. {GROUPS['92'].target_file(mod.stem)}); "
             f"see `rsabench data info {mod.name}`"
         )
-    subjects = {g: next(t.n_subjects for t in targets if t.group == g) for g in groups}
-    if len(set(subjects.values())) > 1:
-        notes.append("subject counts differ between groups: " + ", ".join(f"{g} {s}" for g, s in subjects.items()))
-    train = []
-    for g in TRAIN_GROUPS:
-        if g in groups and groups[g].load_images is None:
-            notes.append(f"group {g!r} dropped from training: its images are not present")
-        elif g in groups:
-            train.append(g)
-    if not train:
-        notes.append("no training group has images: only `rsabench score` can use this dataset")
-    test_splits = {split: [g] for split, g in TEST_SPLITS.items() if g in groups}
-    named = {split: [g] for split, g in NAMED_SPLITS.items() if g in groups}
+    train = b.train_groups()
     return Dataset(
         name=mod.name,
-        groups=groups,
-        targets=targets,
+        groups=b.groups,
+        targets=b.targets,
         train_groups=train,
-        test_splits=test_splits,
+        test_splits={split: [g] for split, g in TEST_SPLITS.items() if g in b.groups},
         citation=CITATION,
         license=LICENSE,
         description=mod.description,
         target_normalization=mod.normalization,
         conventions=("algonauts2019", "computed"),
-        files=files,
+        files=b.files,
         version="2019",
-        notes=notes,
-        named_splits=named,
+        notes=b.notes,
+        named_splits={split: [g] for split, g in NAMED_SPLITS.items() if g in b.groups},
+        submission_keys=dict(mod.targets),
     )
 
 
@@ -350,89 +370,3 @@ def load_fmri(data_dir: str | Path | None = None, ts2_images: str = "78") -> Dat
 def load_meg(data_dir: str | Path | None = None, ts2_images: str = "78") -> Dataset:
     """Algonauts 2019 MEG track (targets MEG-early, MEG-late)."""
     return load(data_dir, modality="meg", ts2_images=ts2_images)
-
-
-def expected_files(name: str) -> list[dict[str, str]]:
-    """The release files a dataset reads: path (relative to ``algonauts2019/``), what it is."""
-    mod = modality_for(name)
-    out = []
-    for gname, layout in GROUPS.items():
-        out.append(
-            {
-                "path": layout.target_file(mod.stem),
-                "what": f"{', '.join(mod.targets.values())}; group {gname} ({layout.role})",
-            }
-        )
-        if layout.image_dir:
-            out.append(
-                {"path": layout.image_dir + "/", "what": f"stimuli of group {gname}, sorted file-name order = RDM rows"}
-            )
-    return out
-
-
-def describe(data_dir: str | Path | None = None, name: str = "algonauts-fmri") -> dict[str, Any]:
-    """What the dataset needs, where it looks, and what is present (reads shapes only; never raises on bad files)."""
-    mod = modality_for(name)
-    root = release_root(data_dir)
-    files = []
-    groups: dict[str, dict[str, Any]] = {}
-    for entry in expected_files(mod.name):
-        path = root / entry["path"]
-        item: dict[str, Any] = {**entry, "present": path.exists()}
-        if entry["path"].endswith("/") and path.is_dir():
-            item["images"] = len(image_files(path))
-        elif path.is_file():
-            try:
-                item["shapes"] = {k: list(v) for k, v in array_shapes(path).items()}
-            except DataError as exc:
-                item["error"] = str(exc)
-        files.append(item)
-    for gname, layout in GROUPS.items():
-        f = root / layout.target_file(mod.stem)
-        info: dict[str, Any] = {
-            "role": layout.role,
-            "rdm_file": layout.target_file(mod.stem),
-            "rdms_present": f.is_file(),
-        }
-        if f.is_file():
-            try:
-                shapes = array_shapes(f)
-                shape = shapes.get(next(iter(mod.targets.values())))
-                if shape:
-                    info["subjects"] = shape[0]
-                    info["n"] = shape[-1]
-                    if mod.ndim == 4 and len(shape) == 4:
-                        info["sessions"] = shape[1]
-            except DataError as exc:
-                info["error"] = str(exc)
-        if layout.image_dir:
-            d = root / layout.image_dir
-            info["image_dir"] = layout.image_dir + "/"
-            info["images"] = len(image_files(d)) if d.is_dir() else 0
-        else:
-            info["images"] = "the 78 test images (ts2_images='78', default) or none"
-        groups[gname] = info
-    present = [g for g, i in groups.items() if i["rdms_present"]]
-    return {
-        "name": mod.name,
-        "description": mod.description,
-        "looks_in": str(root),
-        "present": bool(present),
-        "groups_present": present,
-        "targets": list(mod.targets),
-        "variables": dict(mod.targets),
-        "kind": mod.kind,
-        "target_normalization": mod.normalization,
-        "splits": {"train": list(TRAIN_GROUPS), **{k: [v] for k, v in TEST_SPLITS.items()}},
-        "named_splits": dict(NAMED_SPLITS),
-        "conventions": ["algonauts2019", "computed"],
-        "files": files,
-        "groups": groups,
-        "license": LICENSE,
-        "citation": CITATION,
-        "source": SOURCE,
-        "how_to_get": (
-            f"download the release from {SOURCE} (no stable URL with checksums is published); "
-            f"then `rsabench data import {mod.name} PATH` (a folder or .zip)"
-        ),
-    }

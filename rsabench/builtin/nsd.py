@@ -45,7 +45,7 @@ from typing import Iterable
 
 import numpy as np
 
-from rsabench.dataset import Dataset, StimulusGroup, Target, sha256_file
+from rsabench.dataset import Dataset, LoadedDataSource, StimulusGroup, Target, sha256_file
 from rsabench.dataset import data_dir as default_data_dir
 from rsabench.errors import DataError, UsageError
 from rsabench.matio import read_npy_dict
@@ -552,3 +552,23 @@ def load(
 def roi_names(classes: Iterable[str] | None = None) -> list[str]:
     """ROI names of the given classes (all classes by default), in label order."""
     return [r for c in (classes or ROI_CLASSES) for r in ROI_CLASSES[c]]
+
+
+class NsdData(LoadedDataSource):
+    """The data source of ``nsd``: the required files are listed and checked for; no fetcher (terms to accept)."""
+
+    def __init__(self) -> None:
+        super().__init__(load)
+
+    def describe(self, data_dir: Path) -> dict:
+        missing = missing_files(data_dir)
+        return {"looks_in": str(Path(data_dir) / NAME), **describe(), "missing": missing, "present": not missing}
+
+    def verify(self, data_dir: Path, *, checksums: bool = True) -> list[str]:
+        missing = missing_files(data_dir)
+        if missing:
+            return [f"{Path(data_dir) / NAME / rel}: missing" for rel in missing]
+        return super().verify(data_dir, checksums=checksums)
+
+
+DATA = NsdData()
