@@ -442,6 +442,99 @@ def _image_loader(files: list[Path]):
 # --------------------------------------------------------------------------------------------- load
 
 
+Selection = dict[str, tuple[list[str], list[int]]]
+"""Per group: its subjects and its images' NSD ids (sorted)."""
+
+
+def _chosen_subjects(root: Path, subjects: object) -> list[str]:
+    """The subject folders ``subjects`` selects under ``root`` (DataError when there are none)."""
+    expected = "expected subjXX/training_split/{training_images,training_fmri}/ and subjXX/roi_masks/"
+    if not root.is_dir():
+        raise DataError(f"no NSD data under {root}: {expected}; {INFO_HINT}")
+    available = [p.name for p in _subject_dirs(root)]
+    if not available:
+        raise DataError(f"no NSD subject folders (subj01 ... subj08) under {root}: {expected}; {INFO_HINT}")
+    return _parse_subjects(subjects, available, root)
+
+
+def _select_images(mode: str, chosen: list[str], scans: dict[str, SubjectImages], limit: int) -> Selection:
+    """Each group's subjects and images: the images all subjects saw (shared) or each subject's own."""
+    if mode == "shared":
+        common = set.intersection(*(set(scans[s].rows) for s in chosen))
+        selection = {"shared": (chosen, sorted(common))}
+    else:
+        selection = {s: ([s], sorted(scans[s].rows)) for s in chosen}
+    for group, (subs, ids) in selection.items():
+        if limit:
+            selection[group] = (subs, ids[:limit])
+        if len(selection[group][1]) < 3:
+            raise DataError(
+                f"nsd: group {group!r} has {len(selection[group][1])} images (subjects {', '.join(subs)}); "
+                "RDMs need at least 3: choose fewer subjects, images=per-subject, or a larger max_images"
+            )
+    return selection
+
+
+def _check_memory(selection: Selection, specs: list[RoiSpec], budget: float) -> None:
+    gb = sum(len(subs) * len(specs) * len(ids) ** 2 * 8 for subs, ids in selection.values()) / 1e9
+    if gb > budget:
+        raise UsageError(
+            f"nsd: the requested RDMs need {gb:.1f} GB (> max_rdm_gb={budget:g}): set max_images, fewer rois or "
+            "subjects, or raise max_rdm_gb"
+        )
+
+
+@dataclass
+class _Parts:
+    """What :func:`load` collects group by group."""
+
+    groups: dict[str, StimulusGroup]
+    targets: list[Target]
+    checksums: dict[str, str]
+    files: dict[str, list[Path]]
+    skipped: list[str]
+
+
+def _add_group(
+    root: Path,
+    group: str,
+    subs: list[str],
+    ids: list[int],
+    scans: dict[str, SubjectImages],
+    specs: list[RoiSpec],
+    out: _Parts,
+) -> None:
+    """Group ``group``: its images and one target per ROI spec (ROIs too small in a subject are skipped)."""
+    files = [scans[subs[0]].files[i] for i in ids]
+    out.files[f"{subs[0]}/training_split/training_images/ (group {group})"] = files
+    out.groups[group] = StimulusGroup(group, [f"nsd-{i:05d}" for i in ids], load_images=_image_loader(files))
+    n = len(ids)
+    stacks = {s.name: np.empty((len(subs), 1, n, n)) for s in specs}
+    too_small: dict[str, list[str]] = {}
+    for k, subj in enumerate(subs):
+        counts, sums = _subject_rdms(root, scans[subj], ids, specs, stacks, k)
+        out.checksums.update(sums)
+        for s in specs:
+            if counts[s.name] >= MIN_VERTICES:
+                continue
+            if s.explicit:
+                raise DataError(
+                    f"nsd: ROI {s.name!r} has {counts[s.name]} vertices (lh+rh) in "
+                    f"{root / subj / 'roi_masks'}: at least {MIN_VERTICES} are needed"
+                )
+            too_small.setdefault(s.name, []).append(subj)
+    for s in specs:
+        stack = stacks.pop(s.name)
+        if s.name in too_small:
+            out.skipped.append(
+                f"ROI {s.name!r} skipped in group {group!r}: fewer than {MIN_VERTICES} vertices (lh+rh) in "
+                f"{', '.join(too_small[s.name])}"
+            )
+            continue
+        source = f"{root} ({group}, ROI {s.name}, subjects {', '.join(subs)})"
+        out.targets.append(Target(s.name, group, stack, kind="1-pearson", source=source))
+
+
 def load(
     data_dir: str | Path | None = None,
     subjects: object = "all",
@@ -459,74 +552,18 @@ def load(
     specs = parse_rois(rois)
 
     root = default_data_dir(data_dir) / NAME
-    expected = "expected subjXX/training_split/{training_images,training_fmri}/ and subjXX/roi_masks/"
-    if not root.is_dir():
-        raise DataError(f"no NSD data under {root}: {expected}; {INFO_HINT}")
-    available = [p.name for p in _subject_dirs(root)]
-    if not available:
-        raise DataError(f"no NSD subject folders (subj01 ... subj08) under {root}: {expected}; {INFO_HINT}")
-    chosen = _parse_subjects(subjects, available, root)
+    chosen = _chosen_subjects(root, subjects)
     scans = {s: _scan_images(root / s) for s in chosen}
+    selection = _select_images(mode, chosen, scans, limit)
+    _check_memory(selection, specs, budget)
 
-    # image selection, per group
-    if mode == "shared":
-        common = set.intersection(*(set(scans[s].rows) for s in chosen))
-        selection = {"shared": (chosen, sorted(common))}
-    else:
-        selection = {s: ([s], sorted(scans[s].rows)) for s in chosen}
+    parts = _Parts({}, [], {}, {}, [])
     for group, (subs, ids) in selection.items():
-        if limit:
-            selection[group] = (subs, ids[:limit])
-        if len(selection[group][1]) < 3:
-            raise DataError(
-                f"nsd: group {group!r} has {len(selection[group][1])} images (subjects {', '.join(subs)}); "
-                "RDMs need at least 3: choose fewer subjects, images=per-subject, or a larger max_images"
-            )
-
-    gb = sum(len(subs) * len(specs) * len(ids) ** 2 * 8 for subs, ids in selection.values()) / 1e9
-    if gb > budget:
-        raise UsageError(
-            f"nsd: the requested RDMs need {gb:.1f} GB (> max_rdm_gb={budget:g}): set max_images, fewer rois or "
-            "subjects, or raise max_rdm_gb"
+        _add_group(root, group, subs, ids, scans, specs, parts)
+    if not parts.targets:
+        raise DataError(
+            f"nsd: no ROI has at least {MIN_VERTICES} vertices in every subject ({'; '.join(parts.skipped)})"
         )
-
-    groups: dict[str, StimulusGroup] = {}
-    targets: list[Target] = []
-    checksums: dict[str, str] = {}
-    input_files: dict[str, list[Path]] = {}
-    skipped: list[str] = []
-    for group, (subs, ids) in selection.items():
-        files = [scans[subs[0]].files[i] for i in ids]
-        input_files[f"{subs[0]}/training_split/training_images/ (group {group})"] = files
-        groups[group] = StimulusGroup(group, [f"nsd-{i:05d}" for i in ids], load_images=_image_loader(files))
-        n = len(ids)
-        stacks = {s.name: np.empty((len(subs), 1, n, n)) for s in specs}
-        too_small: dict[str, list[str]] = {}
-        for k, subj in enumerate(subs):
-            counts, sums = _subject_rdms(root, scans[subj], ids, specs, stacks, k)
-            checksums.update(sums)
-            for s in specs:
-                if counts[s.name] >= MIN_VERTICES:
-                    continue
-                if s.explicit:
-                    raise DataError(
-                        f"nsd: ROI {s.name!r} has {counts[s.name]} vertices (lh+rh) in "
-                        f"{root / subj / 'roi_masks'}: at least {MIN_VERTICES} are needed"
-                    )
-                too_small.setdefault(s.name, []).append(subj)
-        for s in specs:
-            stack = stacks.pop(s.name)
-            if s.name in too_small:
-                skipped.append(
-                    f"ROI {s.name!r} skipped in group {group!r}: fewer than {MIN_VERTICES} vertices (lh+rh) in "
-                    f"{', '.join(too_small[s.name])}"
-                )
-                continue
-            source = f"{root} ({group}, ROI {s.name}, subjects {', '.join(subs)})"
-            targets.append(Target(s.name, group, stack, kind="1-pearson", source=source))
-
-    if not targets:
-        raise DataError(f"nsd: no ROI has at least {MIN_VERTICES} vertices in every subject ({'; '.join(skipped)})")
     n_desc = ", ".join(f"{g}: {len(ids)} images" for g, (_, ids) in selection.items())
     description = (
         f"NSD (Algonauts 2023) 7T fMRI ROI RDMs, 1 - Pearson across lh+rh vertices; subjects "
@@ -534,18 +571,18 @@ def load(
     )
     return Dataset(
         name=NAME,
-        groups=groups,
-        targets=targets,
-        train_groups=list(groups),
+        groups=parts.groups,
+        targets=parts.targets,
+        train_groups=list(parts.groups),
         test_splits={},
         citation=CITATION,
         license=LICENSE,
         description=description,
         target_normalization="none",
         conventions=("computed",),
-        checksums=checksums,
-        files=input_files,
-        notes=skipped,
+        checksums=parts.checksums,
+        files=parts.files,
+        notes=parts.skipped,
     )
 
 
