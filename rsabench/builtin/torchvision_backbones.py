@@ -252,45 +252,70 @@ def _last_linear(model: nn.Module) -> list[str]:
     return linear[-1:]
 
 
+_FIXED_STAGES: dict[str, list[str]] = {
+    "resnet": ["maxpool", "layer1", "layer2", "layer3", "layer4", "fc"],
+    "resnext": ["maxpool", "layer1", "layer2", "layer3", "layer4", "fc"],
+    "wide": ["maxpool", "layer1", "layer2", "layer3", "layer4", "fc"],
+    "densenet": [
+        "features.pool0",
+        "features.transition1",
+        "features.transition2",
+        "features.transition3",
+        "features.norm5",
+        "classifier",
+    ],
+    "googlenet": ["maxpool1", "maxpool2", "maxpool3", "maxpool4", "inception5b", "fc"],
+    "inception": ["maxpool1", "maxpool2", "Mixed_5d", "Mixed_6e", "Mixed_7c", "fc"],
+    "shufflenet": ["maxpool", "stage2", "stage3", "stage4", "conv5", "fc"],
+}
+"""Stage outputs + logits of the families whose module names are fixed."""
+
+
+def _vgg_stages(model: nn.Module) -> list[str]:  # max-pools, then fc6/fc7 after their ReLU, then the logits
+    return _pools(model, "features") + ["classifier.1", "classifier.4", "classifier.6"]
+
+
+def _alternate_stages(model: nn.Module) -> list[str]:  # convnext, swin: features = downsampling and stages alternately
+    return _children(model, "features")[1::2] + _last_linear(model)
+
+
+def _vit_stages(model: nn.Module) -> list[str]:
+    blocks = _children(model, "encoder.layers")
+    return ["conv_proj", *evenly_spaced(blocks, MAX_STAGE_LAYERS - 2), "heads.head"]
+
+
+_FAMILY_STAGES: dict[str, Callable[[nn.Module], list[str]]] = {
+    "regnet": lambda m: ["stem", *_children(m, "trunk_output"), "fc"],
+    "squeezenet": lambda m: _pools(m, "features") + [_children(m, "features")[-1], "classifier"],
+    "convnext": _alternate_stages,
+    "swin": _alternate_stages,
+    "maxvit": lambda m: ["stem", *_children(m, "blocks"), *_last_linear(m)],
+    "vit": _vit_stages,
+}
+"""Stage outputs + logits of the families whose stages are read from the model."""
+
+
+def _sequential_stages(model: nn.Module) -> list[str] | None:
+    """Evenly spaced children of ``features`` or ``layers`` + logits (efficientnet, mobilenet, mnasnet)."""
+    for container in ("features", "layers"):
+        if isinstance(getattr(model, container, None), nn.Sequential):
+            return evenly_spaced(_children(model, container), MAX_STAGE_LAYERS - 1) + _last_linear(model)
+    return None
+
+
 def stage_layers(name: str, model: nn.Module) -> list[str]:
     """The default layer set: curated, the architecture's stage outputs + logits, or evenly spaced leaves."""
     if name in CURATED_LAYERS:
         return list(CURATED_LAYERS[name])
     family = name.split("_")[0].rstrip("0123456789")
-    if name.startswith("vgg"):  # max-pools, then fc6/fc7 after their ReLU, then the logits
-        return _pools(model, "features") + ["classifier.1", "classifier.4", "classifier.6"]
-    if family in ("resnet", "resnext", "wide"):
-        return ["maxpool", "layer1", "layer2", "layer3", "layer4", "fc"]
-    if family == "regnet":
-        return ["stem", *_children(model, "trunk_output"), "fc"]
-    if family == "squeezenet":
-        return _pools(model, "features") + [_children(model, "features")[-1], "classifier"]
-    if family == "densenet":
-        return [
-            "features.pool0",
-            "features.transition1",
-            "features.transition2",
-            "features.transition3",
-            "features.norm5",
-            "classifier",
-        ]
-    if family == "googlenet":
-        return ["maxpool1", "maxpool2", "maxpool3", "maxpool4", "inception5b", "fc"]
-    if family == "inception":
-        return ["maxpool1", "maxpool2", "Mixed_5d", "Mixed_6e", "Mixed_7c", "fc"]
-    if family == "shufflenet":
-        return ["maxpool", "stage2", "stage3", "stage4", "conv5", "fc"]
-    if family in ("convnext", "swin"):  # features = stem/downsampling and stages alternately
-        return _children(model, "features")[1::2] + _last_linear(model)
-    if family == "maxvit":
-        return ["stem", *_children(model, "blocks"), *_last_linear(model)]
-    if family == "vit":
-        blocks = _children(model, "encoder.layers")
-        return ["conv_proj", *evenly_spaced(blocks, MAX_STAGE_LAYERS - 2), "heads.head"]
-    for container in ("features", "layers"):  # efficientnet, mobilenet, mnasnet
-        if isinstance(getattr(model, container, None), nn.Sequential):
-            return evenly_spaced(_children(model, container), MAX_STAGE_LAYERS - 1) + _last_linear(model)
-    return default_leaf_layers(model)
+    if name.startswith("vgg"):
+        return _vgg_stages(model)
+    if family in _FIXED_STAGES:
+        return list(_FIXED_STAGES[family])
+    if family in _FAMILY_STAGES:
+        return _FAMILY_STAGES[family](model)
+    stages = _sequential_stages(model)
+    return stages if stages is not None else default_leaf_layers(model)
 
 
 def alexnet() -> TorchvisionBackbone:
