@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -339,84 +339,136 @@ def _reduce(func: object, args: object) -> object:
     return _Global("?", "object")
 
 
-def _pickled_dicts(data: bytes) -> list[dict]:
-    """Every dict a pickle stream builds, by reading its opcodes (``pickletools.genops``): nothing is
-    imported or called, so a crafted stream can run no code. Only plain values (numbers, strings,
-    numpy integer scalars) are reconstructed; anything else stays an opaque placeholder."""
-    import pickletools
+class _OpcodeReader:
+    """The pickle machine's stack and memo, driven by opcodes only: every opcode it does not know is refused."""
 
-    stack: list[object] = []
-    memo: dict[int, object] = {}
-    dicts: list[dict] = []
+    def __init__(self) -> None:
+        self.stack: list[object] = []
+        self.memo: dict[int, object] = {}
+        self.dicts: list[dict] = []
 
-    def pop_mark() -> list[object]:
+    def run(self, data: bytes) -> list[dict]:
+        import pickletools
+
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                break
+            handler = _HANDLERS.get(name)
+            if handler is None:
+                raise ValueError(f"unsupported pickle opcode {name}")
+            handler(self, name, arg)
+        return self.dicts
+
+    def pop_mark(self) -> list[object]:
+        stack = self.stack
         k = len(stack) - 1 - stack[::-1].index(_MARK)
         items = stack[k + 1 :]
         del stack[k:]
         return items
 
-    for op, arg, _pos in pickletools.genops(data):
-        name = op.name
-        if name in ("PROTO", "FRAME"):
-            continue
-        if name == "STOP":
-            break
-        if name in _PUSH_ARG:
-            stack.append(arg)
-        elif name in _CONSTANTS:
-            stack.append(_CONSTANTS[name])
-        elif name == "MARK":
-            stack.append(_MARK)
-        elif name == "EMPTY_DICT":
-            dicts.append({})
-            stack.append(dicts[-1])
-        elif name == "EMPTY_LIST":
-            stack.append([])
-        elif name == "EMPTY_TUPLE":
-            stack.append(())
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            items = tuple(stack[-n:])
-            del stack[-n:]
-            stack.append(items)
-        elif name == "TUPLE":
-            stack.append(tuple(pop_mark()))
-        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
-            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            stack.append(memo[int(arg)])
-        elif name == "GLOBAL":
-            module, _, attr = str(arg).partition(" ")
-            stack.append(_Global(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr, module = stack.pop(), stack.pop()
-            stack.append(_Global(str(module), str(attr)))
-        elif name in ("REDUCE", "NEWOBJ"):
-            args, func = stack.pop(), stack.pop()
-            stack.append(_reduce(func, args))
-        elif name == "BUILD":
-            state, obj = stack.pop(), stack[-1]
-            if isinstance(obj, _Dtype) and isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], str):
-                obj.order = state[1]
-        elif name == "SETITEM":
-            value, key = stack.pop(), stack.pop()
-            if isinstance(stack[-1], dict):
-                stack[-1][key] = value
-        elif name == "SETITEMS":
-            items = pop_mark()
-            if isinstance(stack[-1], dict):
-                stack[-1].update(zip(items[::2], items[1::2], strict=True))
-        elif name == "APPEND":
-            value = stack.pop()
-            if isinstance(stack[-1], list):
-                stack[-1].append(value)
-        elif name == "APPENDS":
-            items = pop_mark()
-            if isinstance(stack[-1], list):
-                stack[-1].extend(items)
-        else:
-            raise ValueError(f"unsupported pickle opcode {name}")
-    return dicts
+    def push_arg(self, name: str, arg: object) -> None:
+        self.stack.append(arg)
+
+    def constant(self, name: str, arg: object) -> None:
+        self.stack.append(_CONSTANTS[name])
+
+    def mark(self, name: str, arg: object) -> None:
+        self.stack.append(_MARK)
+
+    def empty_dict(self, name: str, arg: object) -> None:
+        self.dicts.append({})
+        self.stack.append(self.dicts[-1])
+
+    def empty_list(self, name: str, arg: object) -> None:
+        self.stack.append([])
+
+    def empty_tuple(self, name: str, arg: object) -> None:
+        self.stack.append(())
+
+    def tuple_n(self, name: str, arg: object) -> None:
+        n = int(name[-1])
+        items = tuple(self.stack[-n:])
+        del self.stack[-n:]
+        self.stack.append(items)
+
+    def tuple_mark(self, name: str, arg: object) -> None:
+        self.stack.append(tuple(self.pop_mark()))
+
+    def put(self, name: str, arg: object) -> None:
+        self.memo[len(self.memo) if name == "MEMOIZE" else int(arg)] = self.stack[-1]
+
+    def get(self, name: str, arg: object) -> None:
+        self.stack.append(self.memo[int(arg)])
+
+    def global_(self, name: str, arg: object) -> None:
+        module, _, attr = str(arg).partition(" ")
+        self.stack.append(_Global(module, attr))
+
+    def stack_global(self, name: str, arg: object) -> None:
+        attr, module = self.stack.pop(), self.stack.pop()
+        self.stack.append(_Global(str(module), str(attr)))
+
+    def reduce(self, name: str, arg: object) -> None:
+        args, func = self.stack.pop(), self.stack.pop()
+        self.stack.append(_reduce(func, args))
+
+    def build(self, name: str, arg: object) -> None:
+        state, obj = self.stack.pop(), self.stack[-1]
+        if isinstance(obj, _Dtype) and isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], str):
+            obj.order = state[1]
+
+    def setitem(self, name: str, arg: object) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        if isinstance(self.stack[-1], dict):
+            self.stack[-1][key] = value
+
+    def setitems(self, name: str, arg: object) -> None:
+        items = self.pop_mark()
+        if isinstance(self.stack[-1], dict):
+            self.stack[-1].update(zip(items[::2], items[1::2], strict=True))
+
+    def append(self, name: str, arg: object) -> None:
+        value = self.stack.pop()
+        if isinstance(self.stack[-1], list):
+            self.stack[-1].append(value)
+
+    def appends(self, name: str, arg: object) -> None:
+        items = self.pop_mark()
+        if isinstance(self.stack[-1], list):
+            self.stack[-1].extend(items)
+
+
+_HANDLERS: dict[str, Callable[[_OpcodeReader, str, object], None]] = {
+    **dict.fromkeys(_PUSH_ARG, _OpcodeReader.push_arg),
+    **dict.fromkeys(_CONSTANTS, _OpcodeReader.constant),
+    "MARK": _OpcodeReader.mark,
+    "EMPTY_DICT": _OpcodeReader.empty_dict,
+    "EMPTY_LIST": _OpcodeReader.empty_list,
+    "EMPTY_TUPLE": _OpcodeReader.empty_tuple,
+    **dict.fromkeys(("TUPLE1", "TUPLE2", "TUPLE3"), _OpcodeReader.tuple_n),
+    "TUPLE": _OpcodeReader.tuple_mark,
+    **dict.fromkeys(("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"), _OpcodeReader.put),
+    **dict.fromkeys(("BINGET", "LONG_BINGET", "GET"), _OpcodeReader.get),
+    "GLOBAL": _OpcodeReader.global_,
+    "STACK_GLOBAL": _OpcodeReader.stack_global,
+    **dict.fromkeys(("REDUCE", "NEWOBJ"), _OpcodeReader.reduce),
+    "BUILD": _OpcodeReader.build,
+    "SETITEM": _OpcodeReader.setitem,
+    "SETITEMS": _OpcodeReader.setitems,
+    "APPEND": _OpcodeReader.append,
+    "APPENDS": _OpcodeReader.appends,
+}
+"""The opcodes read (anything else is refused); none imports, calls or builds anything but plain values."""
+
+
+def _pickled_dicts(data: bytes) -> list[dict]:
+    """Every dict a pickle stream builds, by reading its opcodes (``pickletools.genops``): nothing is
+    imported or called, so a crafted stream can run no code. Only plain values (numbers, strings,
+    numpy integer scalars) are reconstructed; anything else stays an opaque placeholder."""
+    return _OpcodeReader().run(data)
 
 
 def read_npy_dict(path: str | os.PathLike) -> dict:
