@@ -352,7 +352,7 @@ def test_manifest_covers_the_release(shared_data):
 
 
 def test_datastore_generic_path_for_other_datasets(tmp_path):
-    """Datasets outside Algonauts: a module's describe()/missing_files() are used; nothing is loaded."""
+    """Datasets outside Algonauts: nsd's data source lists the files it misses; nothing is loaded."""
     from rsabench.plugins import get_plugins
 
     if "nsd" not in get_plugins().datasets.names():
