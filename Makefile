@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUNS ?= runs
 
-.PHONY: setup demo test bench leaderboards clean
+.PHONY: setup demo test lint bench leaderboards clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 ## The test suite (a few minutes on 2 CPU cores).
 test: setup
 	$(BIN)/python -m pytest -q
+
+## Lint and format check (ruff; configuration in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check rsabench tests benchmarks leaderboards
+	$(BIN)/ruff format --check rsabench tests benchmarks leaderboards
 
 ## Speed benchmarks (pytest-benchmark); figures go to benchmarks/RESULTS.md by hand.
 bench: setup
