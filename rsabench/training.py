@@ -5,6 +5,10 @@ One forward pass per unique image: a batch of B images from one group yields all
 The trainer also owns the training engine's guarantees: learning-rate schedules (per epoch, a pure
 function of the settings), gradient clipping, AMP on CUDA, frozen-or-adapting BatchNorm statistics, and
 checkpoints written atomically after every epoch, from which a killed run resumes to bit-identical numbers.
+
+:func:`train` runs as named stages of a ``_TrainingRun``: set up (settings, trainable parameters, optimizer,
+gradient scaler, batch generator), start or resume, one epoch at a time (batches, steps, checks, evaluation,
+checkpoint), finish (eval mode, best state, ``best.pt``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,12 @@ class TrainSettings:
     adapt_bn: bool = False
 
     def validate(self) -> None:
+        """UsageError naming the first setting out of range (in field order)."""
+        self._validate_run()
+        self._validate_schedule()
+
+    def _validate_run(self) -> None:
+        """Length, batches, optimizer, early stopping."""
         if self.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 2:
@@ -75,6 +85,9 @@ class TrainSettings:
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise UsageError(f"--patience must be >= 0, got {self.patience}")
+
+    def _validate_schedule(self) -> None:
+        """Learning-rate schedule, gradient clipping, AMP."""
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs >= self.epochs):
@@ -422,120 +435,251 @@ def train(
     stopping after ``settings.patience`` epochs without improvement (0 = never). With ``checkpoint``,
     training resumes from its saved state and is saved after every epoch; the best state then lives on
     disk until the end. ``evaluate`` always sees the model in eval mode.
+
+    Stages (:class:`_TrainingRun`): set up, start or resume, one epoch at a time, finish.
     """
-    settings.validate()
-    device = torch.device(device)
-    amp_dtype = check_amp(settings.amp, device)
-    model.eval()
-    example = next(iter(images.values()))[:1].to(device)
-    params = trainable_parameters(model, settings.trainable, example)
-    if not params:
-        raise UsageError(f"--trainable {settings.trainable!r} leaves no parameter to train")
-    optimizer = make_optimizer(params, settings)
-    scaler = _grad_scaler() if settings.amp == "fp16" else None
-    taps = LayerTaps(model, [loss_layer])
-    generator = torch.Generator().manual_seed(seed)
+    run = _TrainingRun.setup(
+        model=model,
+        loss_layer=loss_layer,
+        objective=objective,
+        images=images,
+        train_index=train_index,
+        targets=targets,
+        settings=settings,
+        seed=seed,
+        evaluate=evaluate,
+        device=device,
+        advance=advance,
+        checkpoint=checkpoint,
+        channels_last=channels_last,
+    )
+    run.start()
+    for epoch in range(run.result.epochs_run + 1, settings.epochs + 1):
+        if run.result.stopped_early:
+            break
+        run.epoch(epoch)
+    return run.finish()
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-    def save(epoch: int) -> None:
-        if checkpoint is not None:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(generator, device),
-                "history": result.history(),
-                "extra": checkpoint.get_extra(),
-            }
-            checkpoint.save(epoch, model, state)
+@dataclass
+class _TrainingRun:
+    """The state of one :func:`train` run: its inputs, the engine (trainable parameters, optimizer, gradient
+    scaler, layer taps, batch generator) and the result so far.
 
-    saved = checkpoint.start(model) if checkpoint is not None else None
-    best_state: dict[str, torch.Tensor] | None = None
-    if saved is None:
-        result = TrainResult(best_epoch=0, best_value=evaluate(0), epochs_run=0)
-        if checkpoint is None:
-            best_state = snapshot()
-        save(0)
-    else:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scaler is not None and saved["scaler"] is not None:
-            scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"], generator, device)
-        result = TrainResult(**saved["history"], resumed_from_epoch=saved["epoch"])
+    Stages: :meth:`setup` builds the engine, :meth:`start` begins at epoch 0 or resumes from a checkpoint,
+    :meth:`epoch` trains, checks, evaluates and checkpoints one epoch (each batch one :meth:`_step`),
+    :meth:`finish` leaves the model in eval mode with frozen parameters and returns the result.
+    """
+
+    model: torch.nn.Module
+    loss_layer: str
+    objective: Objective
+    images: dict[str, torch.Tensor]
+    train_index: dict[str, np.ndarray]
+    targets: dict[str, torch.Tensor]
+    settings: TrainSettings
+    evaluate: Callable[[int], float]
+    device: torch.device
+    advance: Callable[[int], None] | None
+    checkpoint: Checkpointer | None
+    channels_last: bool
+    amp_dtype: torch.dtype | None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    taps: LayerTaps
+    generator: torch.Generator
+    result: TrainResult = field(init=False)
+    best_state: dict[str, torch.Tensor] | None = None  # in memory without a checkpointer, else on disk
+
+    # -- start or resume ----------------------------------------------------------------------------
+    @classmethod
+    def setup(
+        cls,
+        model: torch.nn.Module,
+        loss_layer: str,
+        objective: Objective,
+        images: dict[str, torch.Tensor],
+        train_index: dict[str, np.ndarray],
+        targets: dict[str, torch.Tensor],
+        settings: TrainSettings,
+        seed: int,
+        evaluate: Callable[[int], float],
+        device: str | torch.device,
+        advance: Callable[[int], None] | None,
+        checkpoint: Checkpointer | None,
+        channels_last: bool,
+    ) -> _TrainingRun:
+        """Validate the settings, pick the trainable parameters, build optimizer, scaler, taps, generator."""
+        settings.validate()
+        device = torch.device(device)
+        amp_dtype = check_amp(settings.amp, device)
+        model.eval()
+        example = next(iter(images.values()))[:1].to(device)
+        params = trainable_parameters(model, settings.trainable, example)
+        if not params:
+            raise UsageError(f"--trainable {settings.trainable!r} leaves no parameter to train")
+        optimizer = make_optimizer(params, settings)
+        scaler = _grad_scaler() if settings.amp == "fp16" else None
+        taps = LayerTaps(model, [loss_layer])
+        generator = torch.Generator().manual_seed(seed)
+        return cls(
+            model=model,
+            loss_layer=loss_layer,
+            objective=objective,
+            images=images,
+            train_index=train_index,
+            targets=targets,
+            settings=settings,
+            evaluate=evaluate,
+            device=device,
+            advance=advance,
+            checkpoint=checkpoint,
+            channels_last=channels_last,
+            amp_dtype=amp_dtype,
+            params=params,
+            optimizer=optimizer,
+            scaler=scaler,
+            taps=taps,
+            generator=generator,
+        )
+
+    def start(self) -> None:
+        """Resume from the checkpoint where there is a usable one, else evaluate (and save) epoch 0."""
+        checkpoint = self.checkpoint
+        saved = checkpoint.start(self.model) if checkpoint is not None else None
+        if checkpoint is not None and saved is not None:
+            self._resume(checkpoint, saved)
+        else:
+            self.result = TrainResult(best_epoch=0, best_value=self.evaluate(0), epochs_run=0)
+            if checkpoint is None:
+                self.best_state = self._snapshot()
+            self._save(0)
+        self.result.bn_layers_adapted = bn_train_mode(self.model, self.settings.adapt_bn)
+        self.model.eval()  # (the count above is all that is needed here)
+
+    def _resume(self, checkpoint: Checkpointer, saved: dict[str, Any]) -> None:
+        """Restore model, optimizer, scaler, RNG states, history and the caller's extra state."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None and saved["scaler"] is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"], self.generator, self.device)
+        self.result = TrainResult(**saved["history"], resumed_from_epoch=saved["epoch"])
         checkpoint.set_extra(saved["extra"])
         checkpoint.note(f"resumed from the checkpoint of epoch {saved['epoch']} in {checkpoint.directory}")
-        if advance:
-            advance(result.epochs_run * sum(len(v) for v in train_index.values() if len(v) >= 2))
+        if self.advance:
+            self.advance(self.result.epochs_run * sum(len(v) for v in self.train_index.values() if len(v) >= 2))
 
-    result.bn_layers_adapted = bn_train_mode(model, settings.adapt_bn)
-    model.eval()  # (the count above is all that is needed here)
-    for epoch in range(result.epochs_run + 1, settings.epochs + 1):
-        if result.stopped_early:
-            break
-        lr = settings.lr * lr_factor(epoch, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        bn_train_mode(model, settings.adapt_bn)
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def _save(self, epoch: int) -> None:
+        """Checkpoint the state after ``epoch`` (nothing without a checkpointer)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(self.generator, self.device),
+            "history": self.result.history(),
+            "extra": checkpoint.get_extra(),
+        }
+        checkpoint.save(epoch, self.model, state)
+
+    # -- one epoch ----------------------------------------------------------------------------------
+    def epoch(self, epoch: int) -> None:
+        """Train ``epoch`` over shuffled batches, check the weights, then record, evaluate and checkpoint it."""
+        s = self.settings
+        lr = s.lr * lr_factor(epoch, s)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        bn_train_mode(self.model, s.adapt_bn)
         losses, norms = [], []
-        for group, idx in epoch_batches(train_index, settings.batch_size, generator):
-            x = to_device(images[group][idx], device, channels_last)
-            t = targets[group][idx][:, idx].to(device)
-            if amp_dtype is None:
-                features = taps(x)[loss_layer]
-            else:  # autocast the network only; the objective sees float32 features
-                with torch.autocast(device.type, dtype=amp_dtype):
-                    features = taps(x)[loss_layer].float()
-            loss = objective.loss(features, t)
-            if not torch.isfinite(loss):
-                hint = "try --amp bf16 or off" if settings.amp == "fp16" else "lower --lr or set --grad-clip"
-                raise CellFailure(
-                    f"training diverged: objective {objective.name!r} returned a non-finite loss ({float(loss)}) at "
-                    f"epoch {epoch} (lr {lr:g}); {hint}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            norm = _grad_norm(params, settings.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)  # skipped when the scaled gradients overflowed
-                scaler.update()
-            else:
-                optimizer.step()
-            losses.append(float(loss.detach()))
+        for group, idx in epoch_batches(self.train_index, s.batch_size, self.generator):
+            loss, norm = self._step(epoch, lr, group, idx)
+            losses.append(loss)
             if math.isfinite(norm):
                 norms.append(norm)
-            if advance:
-                advance(len(idx))
-        model.eval()
-        bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+            if self.advance:
+                self.advance(len(idx))
+        self.model.eval()
+        self._check_weights(epoch, lr)
+        self._end_epoch(epoch, lr, losses, norms)
+
+    def _step(self, epoch: int, lr: float, group: str, idx: np.ndarray) -> tuple[float, float]:
+        """One optimizer step on batch ``idx`` of ``group``; returns its loss and gradient norm (before clipping)."""
+        x = to_device(self.images[group][idx], self.device, self.channels_last)
+        t = self.targets[group][idx][:, idx].to(self.device)
+        loss = self.objective.loss(self._forward(x), t)
+        self._check_loss(loss, epoch, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        norm = _grad_norm(self.params, self.settings.grad_clip)
+        if scaler is not None:
+            scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
+        else:
+            self.optimizer.step()
+        return float(loss.detach()), norm
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The features at the loss layer."""
+        if self.amp_dtype is None:
+            return self.taps(x)[self.loss_layer]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):  # the network only: float32 to the objective
+            return self.taps(x)[self.loss_layer].float()
+
+    def _check_loss(self, loss: torch.Tensor, epoch: int, lr: float) -> None:
+        """CellFailure on a non-finite loss."""
+        if not torch.isfinite(loss):
+            hint = "try --amp bf16 or off" if self.settings.amp == "fp16" else "lower --lr or set --grad-clip"
+            raise CellFailure(
+                f"training diverged: objective {self.objective.name!r} returned a non-finite loss ({float(loss)}) at "
+                f"epoch {epoch} (lr {lr:g}); {hint}"
+            )
+
+    def _check_weights(self, epoch: int, lr: float) -> None:
+        """CellFailure on non-finite trainable weights."""
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
         if bad:
             raise CellFailure(
                 f"training diverged: non-finite weights after epoch {epoch} (lr {lr:g}) in {len(bad)} tensor(s), first "
                 f"{bad[0]}; lower --lr or set --grad-clip"
             )
+
+    def _end_epoch(self, epoch: int, lr: float, losses: list[float], norms: list[float]) -> None:
+        """Record the epoch's means, evaluate, keep the best, decide early stopping, checkpoint."""
+        result, s = self.result, self.settings
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         result.grad_norm.append(float(np.mean(norms)) if norms else float("nan"))
         result.lr.append(lr)
         result.epochs_run = epoch
-        value = evaluate(epoch)
+        value = self.evaluate(epoch)
         if value > result.best_value:
             result.best_value, result.best_epoch = value, epoch
-            if checkpoint is None:
-                best_state = snapshot()
-        elif settings.patience and epoch - result.best_epoch >= settings.patience and epoch < settings.epochs:
+            if self.checkpoint is None:
+                self.best_state = self._snapshot()
+        elif s.patience and epoch - result.best_epoch >= s.patience and epoch < s.epochs:
             result.stopped_early = True
-        save(epoch)
-    model.eval()
-    if checkpoint is not None:
-        best_state = checkpoint.load_model(result.best_epoch)
-        if checkpoint.keep:
-            checkpoint.save_best(result.best_epoch, best_state)
-    result.best_state = best_state
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return result
+        self._save(epoch)
+
+    # -- finish -------------------------------------------------------------------------------------
+    def finish(self) -> TrainResult:
+        """Eval mode, the best state in the result (``best.pt`` with ``keep``), parameters frozen again."""
+        self.model.eval()
+        checkpoint = self.checkpoint
+        if checkpoint is not None:
+            self.best_state = checkpoint.load_model(self.result.best_epoch)
+            if checkpoint.keep:
+                checkpoint.save_best(self.result.best_epoch, self.best_state)
+        self.result.best_state = self.best_state
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self.result
