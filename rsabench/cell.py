@@ -336,69 +336,24 @@ def select_frozen(p: Prepared, validate: Validator) -> Selection:
 
 def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None) -> Selection:
     """Fine-tune on the training images; keep the best-on-validation epoch (0 = untrained included)."""
-    import torch
+    from .training import TrainSettings, train
 
-    from .backbone import check_layers
-    from .objective import training_target
-    from .training import Checkpointer, TrainSettings, train
-
-    config, ds, splits = p.config, p.dataset, p.splits
-    loss_layer = config["loss_layer"]
-    if loss_layer == "auto":
-        validate(0)
-        loss_layer = validate.best_layer_at[0]
-    else:
-        check_layers(p.built.model, [loss_layer], config["backbone"])
-    norm = config["target_normalization"]
-    targets = {
-        g: torch.from_numpy(training_target(ds.target(config["target"], g).rdms, norm, splits[g]["train"])).float()
-        for g in p.groups
-    }
-    train_index = {g: splits[g]["train"] for g in p.groups}
-    p.objective.setup(
-        np.concatenate(
-            [
-                t.numpy()[np.ix_(i, i)][np.triu_indices(len(i), 1)]
-                for t, i in zip(targets.values(), train_index.values(), strict=True)
-            ]
-        )
-    )
+    config = p.config
+    loss_layer = choose_loss_layer(p, validate)
+    targets, train_index = training_targets(p)
     settings = TrainSettings(**config["train"])
     settings.validate()
-    checkpoint = None
-    if checkpoint_dir is not None:
-        checkpoint = Checkpointer(
-            checkpoint_dir,
-            p.cell,
-            get_extra=validate.state,
-            set_extra=validate.restore,
-            note=p.workspace.reporter.note,
-            keep=p.runtime.keep_checkpoints,
-        )
-    n_train = sum(len(i) for i in train_index.values())
-    validate(0)  # epoch 0 while the network is as built (from the cache where it has it); train() reuses the value
+    checkpoint = checkpointer(p, validate, checkpoint_dir)
+    validate(0)  # epoch 0 while the network is as built (from the cache where it has it); train() reuses it
     p.as_built = False
-    with p.workspace.reporter.stage(
-        f"training {config['objective']} on {loss_layer}", n_train * settings.epochs
-    ) as advance:
+    n_train = sum(len(i) for i in train_index.values())
+    stage = f"training {config['objective']} on {loss_layer}"
+    with p.workspace.reporter.stage(stage, n_train * settings.epochs) as advance:
         result = train(
-            p.built.model,
-            loss_layer,
-            p.objective,
-            p.images,
-            train_index,
-            targets,
-            settings,
-            config["seed"],
-            validate,
-            p.device,
-            advance,
-            checkpoint=checkpoint,
-            channels_last=p.channels_last,
-        )
-    final = {
-        (name, g): p.rdms(g, idx, f"test features {g}") for name, g, idx in test_sets(ds, splits)
-    }  # selection-free numbers
+            p.built.model, loss_layer, p.objective, p.images, train_index, targets, settings, config["seed"],
+            validate, p.device, advance, checkpoint=checkpoint, channels_last=p.channels_last,
+        )  # fmt: skip
+    final = {(name, g): p.rdms(g, idx, f"test features {g}") for name, g, idx in test_sets(p.dataset, p.splits)}
     p.built.model.load_state_dict(result.best_state)
     p.as_built = result.best_epoch == 0
     chosen = {
@@ -408,7 +363,56 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
         "validation": result.best_value,
         "loss_layer": loss_layer,
     }
-    training = {
+    training = training_summary(p, result, checkpoint_dir)
+    return Selection(chosen, training, final, best_is_final=result.best_epoch == result.epochs_run)
+
+
+def choose_loss_layer(p: Prepared, validate: Validator) -> str:
+    """The config's loss layer, or with ``auto`` the best validation layer of the network as built."""
+    from .backbone import check_layers
+
+    loss_layer = p.config["loss_layer"]
+    if loss_layer == "auto":
+        validate(0)
+        return validate.best_layer_at[0]
+    check_layers(p.built.model, [loss_layer], p.config["backbone"])
+    return loss_layer
+
+
+def training_targets(p: Prepared) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Per group: the subject-mean target RDM (normalised on training pairs only) and the training images;
+    the objective sees every training pair's target once (``setup``)."""
+    import torch
+
+    from .objective import training_target
+
+    norm, splits = p.config["target_normalization"], p.splits
+    train_index = {g: splits[g]["train"] for g in p.groups}
+    targets = {
+        g: torch.from_numpy(training_target(p.dataset.target(p.config["target"], g).rdms, norm, i)).float()
+        for g, i in train_index.items()
+    }
+    pairs = [targets[g].numpy()[np.ix_(i, i)][np.triu_indices(len(i), 1)] for g, i in train_index.items()]
+    p.objective.setup(np.concatenate(pairs))
+    return targets, train_index
+
+
+def checkpointer(p: Prepared, validate: Validator, checkpoint_dir: Path | None) -> Any:
+    """Checkpoints in ``checkpoint_dir`` (None: none), carrying the validation curves."""
+    from .training import Checkpointer
+
+    if checkpoint_dir is None:
+        return None
+    return Checkpointer(
+        checkpoint_dir, p.cell, get_extra=validate.state, set_extra=validate.restore,
+        note=p.workspace.reporter.note, keep=p.runtime.keep_checkpoints,
+    )  # fmt: skip
+
+
+def training_summary(p: Prepared, result: Any, checkpoint_dir: Path | None) -> dict[str, Any]:
+    """What the record says of the training (``curves.training``)."""
+    kept = checkpoint_dir is not None and p.runtime.keep_checkpoints
+    return {
         "epochs_run": result.epochs_run,
         "train_loss": result.train_loss,
         "lr": result.lr,
@@ -417,12 +421,9 @@ def select_trained(p: Prepared, validate: Validator, checkpoint_dir: Path | None
         "resumed_from_epoch": result.resumed_from_epoch,
         "bn_layers_adapted": result.bn_layers_adapted,
         "channels_last": p.channels_last,
-        "target_normalization": norm,
-        "checkpoint": f"{checkpoint_dir.name}/best.pt"
-        if checkpoint_dir is not None and p.runtime.keep_checkpoints
-        else None,
+        "target_normalization": p.config["target_normalization"],
+        "checkpoint": f"{checkpoint_dir.name}/best.pt" if kept else None,
     }
-    return Selection(chosen, training, final, best_is_final=result.best_epoch == result.epochs_run)
 
 
 # -- score the test sets --------------------------------------------------------------------------

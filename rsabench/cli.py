@@ -634,8 +634,10 @@ def data() -> None:
 
 @data.command("info")
 @click.argument("name")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click_option(BY_NAME["data_dir"])
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="output format"
+)
 def data_info(name: str, data_dir: Path | None, fmt: str) -> None:
     """What a dataset needs, where rsabench looks, what is present, licence and citation."""
     from .datastore import info
@@ -662,7 +664,7 @@ def data_info(name: str, data_dir: Path | None, fmt: str) -> None:
 
 @data.command("verify")
 @click.argument("name")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click_option(BY_NAME["data_dir"])
 @click.option("--no-checksums", is_flag=True, help="check invariants only, not the recorded sha256 manifest")
 def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
     """Check files against the recorded checksums and the RDM invariants; exit 1 on problems."""
@@ -680,7 +682,7 @@ def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
 @data.command("import")
 @click.argument("name")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click_option(BY_NAME["data_dir"])
 @click.option(
     "--no-checksums", is_flag=True, help="accept files that differ from the recorded release (invariants still apply)"
 )
@@ -694,7 +696,7 @@ def data_import(name: str, source: Path, data_dir: Path | None, no_checksums: bo
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click_option(BY_NAME["data_dir"])
 def data_fetch(name: str, data_dir: Path | None) -> None:
     """Download a dataset where a stable public URL exists; otherwise say where to get it."""
     from .datastore import fetch

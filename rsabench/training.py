@@ -30,10 +30,9 @@ from .errors import CellFailure, UsageError
 from .features import to_device
 from .objective import Objective
 from .records import atomic_open
+from .settings import AMP_MODES, LR_SCHEDULES, OPTIMIZERS
+from .settings import DEFAULTS as D
 
-OPTIMIZERS = ("adam", "sgd", "adamw")
-LR_SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("off", "bf16", "fp16")
 CHECKPOINT_FORMAT = "rsabench.checkpoint/1"
 
 
@@ -50,21 +49,21 @@ class TrainSettings:
     during training steps (default: frozen, the whole network stays in eval mode).
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    optimizer: str = "adam"
-    momentum: float | None = 0.9
-    weight_decay: float = 0.0
-    patience: int = 0
-    trainable: str = "all"
-    lr_schedule: str = "constant"
-    warmup_epochs: int = 0
-    lr_step: int | None = None
-    lr_gamma: float | None = None
-    grad_clip: float = 0.0
-    amp: str = "off"
-    adapt_bn: bool = False
+    epochs: int = D["epochs"]
+    batch_size: int = D["batch_size"]
+    lr: float = D["lr"]
+    optimizer: str = D["optimizer"]
+    momentum: float | None = 0.9  # SGD only; not a command-line option
+    weight_decay: float = D["weight_decay"]
+    patience: int = D["patience"]
+    trainable: str = D["trainable"]
+    lr_schedule: str = D["lr_schedule"]
+    warmup_epochs: int = D["warmup_epochs"]
+    lr_step: int | None = D["lr_step"]  # 0 or None: a third of the post-warm-up epochs
+    lr_gamma: float | None = D["lr_gamma"]
+    grad_clip: float = D["grad_clip"]
+    amp: str = D["amp"]
+    adapt_bn: bool = D["adapt_bn"]
 
     def validate(self) -> None:
         """UsageError naming the first setting out of range (in field order)."""
