@@ -1,4 +1,4 @@
-"""A deliberately straightforward two-branch Siamese trainer (Agrawal et al. 2019), the reference for DESIGN §5.
+"""A deliberately straightforward two-branch Siamese trainer (Agrawal et al. 2019): the batch-RDM reference.
 
 For each pair (i, j), i < j, of images of one group, image i goes through branch A and image j through
 branch B: two separate forward passes of the same network (shared weights), i.e. two image-forwards per

@@ -6,7 +6,7 @@ the 8 AlexNet layer RDMs (conv1..fc8) from ``../shared/data`` when present, else
 - devkit: ``testSub_fmri.py``'s ``evaluate`` per layer: a ``scipy.stats.spearmanr`` loop over subjects on
   ``squareform`` vectors, squared, mean, ``ttest_1samp``; %NC from the hard-coded constants.
 - rsabench (warm): ``score_many`` of the 8 layers with the scorers built once per dataset load (subject RDMs
-  ranked once, DESIGN §4); it also computes bootstrap CIs and signed-rho t-tests the devkit lacks.
+  ranked once, see ARCHITECTURE.md); it also computes bootstrap CIs and signed-rho t-tests the devkit lacks.
 - rsabench (cold): building both scorers (ranking the subjects, upper and leave-one-out ceilings, bootstrap
   indices) *plus* scoring, i.e. everything from raw arrays, for reference.
 

@@ -1,4 +1,4 @@
-"""Speed of the RSA engine against the plain scipy way (DESIGN §8), with agreement checks.
+"""Speed of the RSA engine against the plain scipy way, with agreement checks.
 
 (a) correlation RDM, n=1000 images, d=4096 features: float32 Gram form vs ``pdist(metric="correlation")``.
 (b) one model RDM vs 15 subject RDMs at n=92: prepared Spearman (subjects ranked once, one matrix

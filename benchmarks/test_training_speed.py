@@ -1,4 +1,4 @@
-"""Training speed: batch-RDM trainer vs the two-branch Siamese reference (DESIGN §5), CPU.
+"""Training speed: batch-RDM trainer vs the two-branch Siamese reference (ARCHITECTURE.md, "Training"), CPU.
 
 Setup (shared by the three benchmarks): the 92 Kriegeskorte images at 64 px (the smallest size at which
 AlexNet's every layer is defined), torchvision AlexNet with random weights (seed 0), loss layer

@@ -1,4 +1,4 @@
-"""Training objectives: the plugin interface and target normalisation (DESIGN §5)."""
+"""Training objectives: the plugin interface and target normalisation (ARCHITECTURE.md, "The mathematics")."""
 
 from __future__ import annotations
 
