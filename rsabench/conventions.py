@@ -21,7 +21,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .errors import UsageError
-from .scoring import BOOTSTRAP_SAMPLES, CI_LEVEL, Score, TargetScorer, bootstrap_indices
+from .rsa import unit_rows
+from .scoring import BOOTSTRAP_SAMPLES, Score, TargetScorer, bootstrap_indices, percentile_ci
 
 CONVENTIONS: dict[str, str] = {
     "computed": "metric per subject; noise ceilings computed from the data on the scored pairs (rsatoolbox pooling)",
@@ -49,12 +50,6 @@ ALGONAUTS_MODALITY: dict[str, str] = {"algonauts-fmri": "fmri", "algonauts-meg":
 DEVKIT_P_VALUE = "two-sided one-sample t-test over subjects of the per-subject R² against 0 (as the devkit)"
 
 
-def _unit_centered(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=-1, keepdims=True)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
-
-
 def devkit_noise_ceiling(vectors: np.ndarray, prepared: np.ndarray | None = None) -> tuple[float, float]:
     """(lower, upper) R² ceilings of ``(subjects, repeats, pairs)`` RDM vectors, the devkit way.
 
@@ -66,15 +61,15 @@ def devkit_noise_ceiling(vectors: np.ndarray, prepared: np.ndarray | None = None
     vectors = np.asarray(vectors, dtype=np.float64)
     s, r, p = vectors.shape
     if prepared is None:
-        prepared = _unit_centered(rankdata(vectors, axis=-1))
+        prepared = unit_rows(rankdata(vectors, axis=-1))
     prepared = np.asarray(prepared).reshape(s, r, p)
-    pooled = _unit_centered(rankdata(vectors.mean(axis=(0, 1)))[None])[0]
+    pooled = unit_rows(rankdata(vectors.mean(axis=(0, 1)))[None])[0]
     upper = float(np.mean(np.einsum("srp,p->sr", prepared, pooled).mean(axis=1) ** 2))
     if s < 2:
         return float("nan"), upper
     per_subject = vectors.sum(axis=1)  # (S, P)
     others = (per_subject.sum(axis=0)[None] - per_subject) / ((s - 1) * r)
-    others = _unit_centered(rankdata(others, axis=-1))
+    others = unit_rows(rankdata(others, axis=-1))
     lower = float(np.mean(np.einsum("srp,sp->sr", prepared, others).mean(axis=1) ** 2))
     return lower, upper
 
@@ -123,8 +118,8 @@ class Algonauts2019Scorer(TargetScorer):
     def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
         return self._signed(model_vectors) ** 2
 
-    def _ceilings(self) -> tuple[float, float]:
-        lower, upper = devkit_noise_ceiling(self.vectors, self.prepared)
+    def _ceilings(self, total: np.ndarray | None) -> tuple[float, float]:
+        lower, upper = devkit_noise_ceiling(self.vectors)
         self.computed_ceiling_upper = upper
         if self.noise_ceiling_constant is not None:
             upper = float(self.noise_ceiling_constant)
@@ -188,7 +183,7 @@ def scorer_for(
             f"the algonauts2019 convention applies to the Algonauts 2019 datasets "
             f"({', '.join(ALGONAUTS_MODALITY)}), not {name!r}; use the computed convention"
         )
-    n = np.asarray(rdms).shape[-1]
+    n = np.shape(rdms[0])[-1]
     whole = OFFICIAL_SIZES.get(group) == n and (
         index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n))
     )
@@ -213,9 +208,7 @@ def track_score(scores: Sequence[Score], bootstrap_seed: int = 0, samples: int =
     if len(n_subjects) == 1:
         values = np.mean([s.per_subject for s in scores], axis=0)
         per_subject = [float(v) for v in values]
-        means = values[bootstrap_indices(len(values), samples, bootstrap_seed)].mean(axis=1)
-        alpha = (1.0 - CI_LEVEL) / 2.0
-        lo, hi = (float(v) for v in np.quantile(means, [alpha, 1.0 - alpha]))
+        lo, hi = percentile_ci(values, bootstrap_indices(len(values), samples, bootstrap_seed))
     return Score(
         raw=raw,
         per_subject=per_subject,

@@ -109,22 +109,19 @@ class Dataset:
             validate_rdms(t.rdms, where, n=self.groups[t.group].n)
 
 
-def validate_rdms(rdms: np.ndarray, where: str, n: int | None = None, atol: float = 1e-5) -> None:
-    """Check a ``(subjects, repeats, n, n)`` stack: square, size n, finite, symmetric, zero diagonal."""
+def validate_rdms(rdms: np.ndarray, where: str, n: int | None = None) -> None:
+    """Check a ``(subjects, repeats, n, n)`` stack: square, size n, finite, symmetric, zero diagonal.
+
+    The checks are :func:`rsabench.matio.check_rdms`'s, one subject at a time (bounded memory).
+    """
+    from .matio import check_rdms
+
     if rdms.ndim != 4 or rdms.shape[-1] != rdms.shape[-2]:
         raise DataError(f"{where}: expected RDMs shaped (subjects, repeats, n, n), got {rdms.shape}")
     if n is not None and rdms.shape[-1] != n:
         raise DataError(f"{where}: RDMs are {rdms.shape[-1]}x{rdms.shape[-1]} but there are {n} images")
-    if rdms.shape[-1] < 3:
-        raise DataError(f"{where}: RDMs need at least 3 images, got {rdms.shape[-1]}")
-    if not np.all(np.isfinite(rdms)):
-        raise DataError(f"{where}: RDMs contain NaN or inf")
-    scale = max(1.0, float(np.abs(rdms).max()))
-    if not np.allclose(rdms, np.swapaxes(rdms, -1, -2), atol=atol * scale):
-        raise DataError(f"{where}: RDMs are not symmetric")
-    diag = np.diagonal(rdms, axis1=-2, axis2=-1)
-    if not np.allclose(diag, 0.0, atol=atol * scale):
-        raise DataError(f"{where}: RDMs have a non-zero diagonal")
+    for subject in rdms:
+        check_rdms(subject, where, ndim=3, zero_diagonal=True)
 
 
 def data_dir(option: str | os.PathLike | None = None) -> Path:

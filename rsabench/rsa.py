@@ -2,11 +2,14 @@
 
 Model RDMs are computed in torch (differentiable, float32 Gram form); comparisons in numpy, with the
 brain side prepared once (ranked, centred, unit-normalised) so comparing M model RDMs with K subject
-RDMs is one matrix product.
+RDMs is one matrix product. Every kernel is written once here: unit rows (:func:`unit_rows` in numpy,
+:func:`unit_features` in torch), the Gram RDM (:func:`rdm_from_unit_rows`), average ranks
+(:func:`doubled_ranks`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
 EPS = 1e-8
+CHUNK = 1 << 20
+"""Pairs per block where a long RDM vector is processed piecewise (8 MiB of float64 per row)."""
 
 
 def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor":
@@ -32,61 +37,87 @@ def correlation_rdm(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor
 
     inference = not (features.requires_grad and torch.is_grad_enabled())
     if inference and features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(_gram_rdm(features.detach().numpy(), eps))
-
-    z = unit_features(features, eps)
-    rdm = 1.0 - z @ z.T
-    # exact zeros on the diagonal, symmetric to the last bit
-    rdm = 0.5 * (rdm + rdm.T)
-    return rdm * (1.0 - torch.eye(rdm.shape[0], dtype=rdm.dtype, device=rdm.device))
+        return torch.from_numpy(correlation_rdm_numpy(features.detach().numpy(), eps, dtype=None))
+    return rdm_from_unit_rows(unit_features(features, eps))
 
 
-def correlation_rdm_numpy(features: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """NumPy twin of :func:`correlation_rdm` (float32 Gram form) for precomputed features."""
-    return _gram_rdm(np.asarray(features, dtype=np.float32), eps)
+def correlation_rdm_numpy(features: np.ndarray, eps: float = EPS, dtype: Any = np.float32) -> np.ndarray:
+    """NumPy twin of :func:`correlation_rdm` (Gram form, in ``dtype``; None keeps the features' dtype)."""
+    x = np.asarray(features, dtype=dtype)
+    return rdm_from_unit_rows(unit_rows(x.reshape(len(x), -1), center=True, eps=eps))
 
 
-def _gram_rdm(features: np.ndarray, eps: float) -> np.ndarray:
-    """Correlation RDM in the dtype of ``features`` (not modified); see :func:`correlation_rdm`."""
-    z = features.reshape(len(features), -1)
-    z = z - z.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
+def unit_rows(x: np.ndarray, center: bool = True, eps: float = 0.0) -> np.ndarray:
+    """Rows (last axis) optionally centred, then L2-normalised; a row whose norm is <= ``eps`` → zeros.
+
+    Floating input keeps its dtype (anything else becomes float64); ``x`` is never modified.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    z = x - x.mean(axis=-1, keepdims=True) if center else x.copy()
+    norm = np.linalg.norm(z, axis=-1, keepdims=True)
     ok = norm > eps
     z /= np.where(ok, norm, 1.0).astype(z.dtype)
-    z[~ok[:, 0]] = 0.0
-    return rdm_from_unit_rows(z)
+    z[~ok[..., 0]] = 0.0
+    return z
 
 
-def unit_features(features: "torch.Tensor", eps: float = EPS) -> "torch.Tensor":
-    """Flatten per image, centre across features, L2-normalise; a map with centred norm <= eps → zeros."""
+def unit_features(features: "torch.Tensor", eps: float = EPS, center: bool = True) -> "torch.Tensor":
+    """Torch :func:`unit_rows` of the flattened features ``(B, P)``: zero rows get zero gradient, not 1/eps."""
     import torch
 
     z = features.reshape(features.shape[0], -1)
-    z = z - z.mean(dim=1, keepdim=True)
+    if center:
+        z = z - z.mean(dim=1, keepdim=True)
     norm = z.norm(dim=1, keepdim=True)
     ok = norm > eps
     # double `where`: the masked branch never divides by ~0, so no inf/NaN reaches the backward pass
     return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
 
 
-def rdm_from_unit_rows(z: np.ndarray) -> np.ndarray:
-    """``1 - Z Zᵀ`` of unit rows, exactly symmetric with a zero diagonal (numpy runs it as a BLAS syrk)."""
+def rdm_from_gram(gram: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """``1 - G`` of the Gram matrix ``G = Z Zᵀ`` of unit rows, exactly symmetric with a zero diagonal
+    (computed in place in ``G``'s dtype, then cast to ``dtype`` if given)."""
+    rdm = gram
+    np.subtract(1.0, rdm, out=rdm)
+    np.add(rdm, rdm.T, out=rdm)  # numpy buffers the overlapping transpose: the same as rdm + rdm.T
+    rdm *= 0.5
+    np.fill_diagonal(rdm, 0.0)
+    return rdm if dtype is None else rdm.astype(dtype)
+
+
+def rdm_from_unit_rows(z: Any) -> Any:
+    """``1 - Z Zᵀ`` of unit rows, exactly symmetric with a zero diagonal (numpy: a BLAS syrk, in place).
+
+    Torch tensors keep autograd (the diagonal is masked, not written).
+    """
+    if isinstance(z, np.ndarray):
+        return rdm_from_gram(z @ z.T)
+    import torch
+
     rdm = 1.0 - z @ z.T
     rdm = 0.5 * (rdm + rdm.T)
-    np.fill_diagonal(rdm, 0.0)
-    return rdm
-
-
-def triu_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Strict upper-triangle indices, row-major (scipy ``squareform`` order)."""
-    return np.triu_indices(n, k=1)
+    return rdm * (1.0 - torch.eye(rdm.shape[0], dtype=rdm.dtype, device=rdm.device))
 
 
 def upper_tri(rdms: Any) -> Any:
-    """RDM vector(s): strict upper triangle of the last two axes, row-major (numpy or torch)."""
+    """RDM vector(s): strict upper triangle of the last two axes, row-major (numpy or torch; dtype kept).
+
+    NumPy copies it row by row (memory: the output alone; no index arrays of two int64 per pair).
+    """
     n = rdms.shape[-1]
-    i, j = triu_indices(n)
-    return rdms[..., i, j]
+    if not isinstance(rdms, np.ndarray):
+        import torch
+
+        mask = torch.ones(n, n, dtype=torch.bool, device=rdms.device).triu(1)
+        return rdms[..., mask]
+    out = np.empty((*rdms.shape[:-2], n * (n - 1) // 2), dtype=rdms.dtype)
+    start = 0
+    for i in range(n - 1):
+        out[..., start : start + n - 1 - i] = rdms[..., i, i + 1 :]
+        start += n - 1 - i
+    return out
 
 
 def sub_rdm(rdms: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -95,50 +126,120 @@ def sub_rdm(rdms: np.ndarray, index: np.ndarray) -> np.ndarray:
     return rdms[..., index[:, None], index[None, :]]
 
 
-def _unit_rows(x: np.ndarray, center: bool) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if center:
-        x = x - x.mean(axis=-1, keepdims=True)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
+# -- average ranks ------------------------------------------------------------------------------
+def _order_keys(row: np.ndarray) -> np.ndarray | None:
+    """uint32 keys ordered and tied exactly as the values of a NaN-free ``row``, or None when 32 bits
+    cannot hold them (float64 values that are not float32 numbers, integers spanning 2^32 or more)."""
+    if row.dtype.kind == "b":
+        row = row.view(np.uint8)
+    if row.dtype.kind in "iu":
+        lo, hi = (int(row.min()), int(row.max())) if row.size else (0, 0)
+        return (row - lo).astype(np.uint32) if hi - lo < 2**32 else None
+    if row.dtype.kind != "f" or row.dtype.itemsize > 8:
+        return None
+    keys = row.astype(np.float32)  # a copy: never modifies ``row``
+    if row.dtype.itemsize == 8 and not np.array_equal(keys, row):
+        return None
+    keys += np.float32(0.0)  # -0.0 → +0.0: they tie
+    bits = keys.view(np.int32)
+    flip = bits >> 31  # IEEE order: negative floats' bits count downwards
+    flip &= np.int32(0x7FFFFFFF)
+    bits ^= flip
+    del flip
+    keys = bits.view(np.uint32)
+    keys ^= np.uint32(0x80000000)
+    return keys
 
 
-def _tied_pairs(x: np.ndarray) -> float:
-    """Number of pairs ``i<j`` with ``x_i == x_j``."""
-    counts = np.unique(x, return_counts=True)[1].astype(np.float64)
-    return float((counts * (counts - 1) / 2).sum())
+def _sorted_order(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, change): ``row[order]`` is sorted; ``change[k]`` says sorted entry k+1 differs from entry k.
+
+    Values that 32-bit keys hold are sorted as packed ``key << 32 | index`` words (an in-place integer
+    sort, ~10x faster than ``argsort`` at 10^7 pairs); any other row takes ``argsort``.
+    """
+    keys = _order_keys(row) if row.size < 2**32 else None
+    if keys is None:
+        order = np.argsort(row)
+        ordered = row[order]
+        return order, ordered[1:] != ordered[:-1]
+    packed = keys.astype(np.uint64)
+    del keys
+    packed <<= np.uint64(32)
+    packed |= np.arange(len(row), dtype=np.uint64)
+    packed.sort()
+    order = packed.astype(np.uint32)  # the low halves: indices (half the memory of intp)
+    packed >>= np.uint64(32)
+    return order, packed[1:] != packed[:-1]
+
+
+def doubled_ranks(row: np.ndarray) -> np.ndarray:
+    """Twice the average ranks (1-based; ties share their mean) of a NaN-free 1-D ``row``: exact integers.
+
+    int32 while ``2·len + 1`` fits, else int64.
+    """
+    return _doubled_ranks(row)[0]
+
+
+def _doubled_ranks(row: np.ndarray) -> tuple[np.ndarray, int]:
+    """(:func:`doubled_ranks`, ``Σ t³`` over the tie groups' sizes t, an exact integer).
+
+    A tie group of t entries from sorted position s has mean rank ``s + (t + 1) / 2``: twice it is
+    ``2s + t + 1``, computed once per group and repeated over it, then scattered to the original order.
+    """
+    p = len(row)
+    dtype = np.int32 if 2 * p + 1 < 2**31 else np.int64
+    if p == 0:
+        return np.zeros(0, dtype), 0
+    order, change = _sorted_order(row)
+    bound = np.empty(p, dtype=bool)  # first of its tie group
+    bound[0], bound[1:] = True, change
+    del change
+    starts = np.flatnonzero(bound).astype(dtype)
+    del bound
+    counts = np.diff(starts, append=dtype(p))
+    sizes = np.bincount(counts)  # how many groups of each size: few sizes, so Python ints stay cheap
+    cubes = sum(int(sizes[t]) * int(t) ** 3 for t in np.flatnonzero(sizes))
+    starts *= 2
+    starts += counts
+    starts += 1
+    sorted_ranks = np.repeat(starts, counts)
+    del starts, counts
+    out = np.empty(p, dtype)
+    for a in range(0, p, 4 * CHUNK):  # scatter piecewise: fancy indexing copies its index as intp
+        out[order[a : a + 4 * CHUNK]] = sorted_ranks[a : a + 4 * CHUNK]
+    return out, cubes
 
 
 def rank_rows(x: np.ndarray) -> np.ndarray:
     """Average ranks (ties share their mean rank) along the last axis; a row with a NaN is all NaN.
 
-    Equal to ``scipy.stats.rankdata(x, axis=-1)`` (ties need no stable sort for average ranks, which
-    makes this ~2.5x faster: ranking the model RDM is most of a prepared Spearman comparison).
+    Equal to ``scipy.stats.rankdata(x, axis=-1)``: ranks are half-integers, exact in float64.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if x.dtype.kind not in "iubf":
+        x = x.astype(np.float64)
     p = x.shape[-1] if x.ndim else 0
+    ranks = np.empty(x.shape, dtype=np.float64)
     if x.size == 0 or p == 0:
-        return np.array(x, dtype=np.float64)
-    rows = x.reshape(-1, p)
-    order = np.argsort(rows, axis=-1)
-    ordered = np.take_along_axis(rows, order, axis=-1)
-    starts_mask = np.ones(ordered.shape, dtype=bool)  # a tie group starts where the sorted value changes
-    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts_mask[:, 1:])
-    starts = np.flatnonzero(starts_mask)  # groups never span rows: column 0 always starts one
-    counts = np.diff(np.append(starts, starts_mask.size))
-    mean_rank = starts % p + (counts + 1) / 2.0
-    ranks = np.empty_like(rows)
-    np.put_along_axis(ranks, order, np.repeat(mean_rank, counts).reshape(rows.shape), axis=-1)
-    bad = np.isnan(rows).any(axis=-1)
-    if bad.any():
-        ranks[bad] = np.nan
-    return ranks.reshape(x.shape)
+        return ranks
+    rows, out = x.reshape(-1, p), ranks.reshape(-1, p)
+    for k, row in enumerate(rows):
+        if row.dtype.kind == "f" and np.isnan(row).any():
+            out[k] = np.nan
+        else:
+            out[k] = doubled_ranks(row) / 2.0
+    return ranks
 
 
+# -- metrics ------------------------------------------------------------------------------------
 class CorrelationMetric:
     """A metric of the form ``<u(T(x)), u(T(y))>``: T a row transform, u centring (optional) + unit norm.
 
-    Covers Pearson (T = id), Spearman (T = average ranks) and cosine (T = id, no centring).
+    Covers Pearson (T = id), Spearman (T = average ranks) and cosine (T = id, no centring). Besides the
+    metric contract (``prepare``, ``compare``, ``pool``, ``reference``) it offers what lets
+    :class:`~rsabench.scoring.TargetScorer` work subject by subject: ``compare_prepared`` (the model
+    prepared once for all subjects) and ``pooled_sum`` (the pooled RDM from prepared rows, up to a
+    positive factor, which no correlation sees).
     """
 
     name = "correlation"
@@ -147,13 +248,17 @@ class CorrelationMetric:
     def transform(self, vecs: np.ndarray) -> np.ndarray:
         return np.asarray(vecs, dtype=np.float64)
 
-    def prepare(self, vecs: np.ndarray) -> np.ndarray:
+    def prepare(self, vecs: np.ndarray) -> Any:
         """Subject RDM vectors ``(K, P)`` → prepared rows (done once per dataset load)."""
-        return _unit_rows(self.transform(vecs), self.center)
+        return unit_rows(self.transform(vecs), self.center)
 
-    def compare(self, model: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+    def compare(self, model: np.ndarray, prepared: Any) -> np.ndarray:
         """Model vectors ``(M, P)`` against prepared subjects ``(K, P)`` → ``(M, K)``."""
-        return self.prepare(np.atleast_2d(model)) @ prepared.T
+        return self.compare_prepared(self.prepare(np.atleast_2d(model)), prepared)
+
+    def compare_prepared(self, model: Any, prepared: Any) -> np.ndarray:
+        """Prepared model rows against prepared subject rows → ``(M, K)``."""
+        return model @ prepared.T
 
     def pool(self, vecs: np.ndarray) -> np.ndarray:
         """Pooled RDM vector as rsatoolbox's ``pool_rdm``: mean after the metric's normalisation."""
@@ -166,6 +271,10 @@ class CorrelationMetric:
             norm = np.linalg.norm(t, axis=-1, keepdims=True)
             t = t / np.where(norm > 0, norm, 1.0)
         return t.mean(axis=0)
+
+    def pooled_sum(self, prepared: Any) -> np.ndarray:
+        """A positive multiple of ``len · pool(vecs)`` from ``prepare(vecs)`` (z-scores are √P unit rows)."""
+        return prepared.sum(axis=0)
 
     def reference(self, x: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -182,17 +291,68 @@ class PearsonMetric(CorrelationMetric):
         return float(pearsonr(x, y)[0])
 
 
+@dataclass
+class RankedRows:
+    """Prepared Spearman rows: twice the average ranks, centred (exact integers), and 1/norm per row.
+
+    ``inv_norm`` is 0 for a constant row (its correlation with anything is 0) and NaN for a row with a NaN.
+    Four bytes a pair instead of eight, exactly (a float64 unit row rounds each pair).
+    """
+
+    centred: np.ndarray
+    inv_norm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.centred)
+
+
+def _chunk_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` in float64 for long integer rows, block by block of pairs (bounded temporaries)."""
+    out = np.zeros((len(a), len(b)))
+    for s in range(0, a.shape[1], CHUNK):  # einsum's own SIMD loop: no BLAS threads for thin products
+        out += np.einsum("mi,ki->mk", a[:, s : s + CHUNK].astype(np.float64), b[:, s : s + CHUNK].astype(np.float64))
+    return out
+
+
 class SpearmanMetric(CorrelationMetric):
-    """Spearman correlation with average ranks for ties (the Algonauts metric)."""
+    """Spearman correlation with average ranks for ties (the Algonauts metric).
+
+    Prepared rows are :class:`RankedRows` (ranked once, row by row: memory stays a few pair vectors);
+    ``rho = Σ c_a c_b / (|c_a| |c_b|)`` over the centred doubled ranks, accumulated in float64.
+    """
 
     name = "spearman"
 
     def transform(self, vecs: np.ndarray) -> np.ndarray:
         return rank_rows(vecs)
 
+    def prepare(self, vecs: np.ndarray) -> RankedRows:
+        rows = np.atleast_2d(np.asarray(vecs))
+        k, p = rows.shape
+        centred = np.zeros((k, p), dtype=np.int32 if 2 * p + 1 < 2**31 else np.int64)
+        inv_norm = np.full(k, np.nan)
+        for i, row in enumerate(rows):
+            if row.dtype.kind == "f" and np.isnan(row).any():
+                continue
+            centred[i], cubes = _doubled_ranks(row)
+            centred[i] -= p + 1  # the mean of doubled average ranks is exactly P + 1
+            # Σ (2r - (P+1))² = (P³ - Σ t³) / 3 over the tie groups' sizes t, exactly (P³ - P without ties)
+            sq = (p**3 - cubes) // 3
+            inv_norm[i] = 1.0 / np.sqrt(float(sq)) if sq > 0 else 0.0
+        return RankedRows(centred, inv_norm)
+
+    def compare_prepared(self, model: RankedRows, prepared: RankedRows) -> np.ndarray:
+        return _chunk_dot(model.centred, prepared.centred) * model.inv_norm[:, None] * prepared.inv_norm[None, :]
+
     def pool(self, vecs: np.ndarray) -> np.ndarray:
         # rsatoolbox pools Spearman RDMs by averaging ranks
         return rank_rows(vecs).mean(axis=0)
+
+    def pooled_sum(self, prepared: RankedRows) -> np.ndarray:
+        """The sum of the rows' centred doubled ranks: integers (exact), ranked as the mean rank is."""
+        if np.isnan(prepared.inv_norm).any():
+            return np.full(prepared.centred.shape[1], np.nan)
+        return prepared.centred.sum(axis=0, dtype=np.int64)
 
     def reference(self, x: np.ndarray, y: np.ndarray) -> float:
         from scipy.stats import spearmanr
@@ -210,6 +370,12 @@ class CosineMetric(CorrelationMetric):
         from scipy.spatial.distance import cosine
 
         return float(1.0 - cosine(x, y))
+
+
+def _tied_pairs(x: np.ndarray) -> float:
+    """Number of pairs ``i<j`` with ``x_i == x_j``."""
+    counts = np.unique(x, return_counts=True)[1].astype(np.float64)
+    return float((counts * (counts - 1) / 2).sum())
 
 
 class KendallTauAMetric:
@@ -240,6 +406,10 @@ class KendallTauAMetric:
 
     def pool(self, vecs: np.ndarray) -> np.ndarray:
         return rank_rows(vecs).mean(axis=0)
+
+    def pooled_sum(self, prepared: np.ndarray) -> np.ndarray:
+        """``len · pool`` of the prepared (plain) rows."""
+        return rank_rows(prepared).sum(axis=0)
 
     def reference(self, x: np.ndarray, y: np.ndarray) -> float:
         # plain O(P^2) loop over pairs: the textbook definition

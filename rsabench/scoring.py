@@ -25,11 +25,13 @@ it would be a number computed from nothing)."""
 
 def model_rdm_problem(rdm: np.ndarray) -> str | None:
     """Why a model RDM (or RDM vector) cannot be scored, or None: non-finite values, or constant."""
-    v = np.asarray(rdm, dtype=np.float64)
+    v = np.asarray(rdm)
+    if v.dtype.kind != "f":
+        v = v.astype(np.float64)
     v = upper_tri(v) if v.ndim == 2 and v.shape[0] == v.shape[1] and v.shape[0] > 1 else v.ravel()
     if not np.all(np.isfinite(v)):
         return "has non-finite values (NaN or inf: broken weights or features)"
-    if v.size and float(v.max() - v.min()) <= CONSTANT_SPREAD:
+    if v.size and float(v.max()) - float(v.min()) <= CONSTANT_SPREAD:  # float64 difference of exact extremes
         return "is constant (every pair equally dissimilar: the features are constant or identical across images)"
     return None
 
@@ -73,76 +75,140 @@ def bootstrap_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
 
 
-def percentile_ci(values: np.ndarray, indices: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` over resampled subjects."""
-    means = np.asarray(values, dtype=np.float64)[indices].mean(axis=1)
+def percentile_ci(values: np.ndarray, indices: np.ndarray, level: float = CI_LEVEL) -> tuple[Any, Any]:
+    """Percentile bootstrap CI of the mean over resampled subjects (the last axis of ``values``).
+
+    ``indices``: ``(samples, n)`` from :func:`bootstrap_indices`. ``values`` ``(n,)`` gives two floats;
+    ``(..., n)`` gives two arrays ``(...)`` (every row resampled alike: paired).
+    """
+    means = np.asarray(values, dtype=np.float64)[..., indices].mean(axis=-1)
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha], axis=-1)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
 
 
 class TargetScorer:
     """Scores model RDMs against one target's subjects on a fixed set of images.
 
-    ``rdms``: ``(subjects, repeats, n, n)``; ``index``: the images scored (all when None). The metric
-    is applied per (subject, repeat) and averaged over repeats, then over subjects. Ceilings use the
-    same pairs: upper against the pooled RDM of all subjects, lower against the others (leave one out).
+    ``rdms``: ``(subjects, repeats, n, n)``, or any sequence of per-subject ``(repeats, n, n)`` arrays (a
+    memory map, a generator-backed list): it is read one subject at a time and kept as given, never
+    copied whole. ``index``: the images scored (all when None). The metric is applied per (subject,
+    repeat) and averaged over repeats, then over subjects. Ceilings use the same pairs: upper against the
+    pooled RDM of all subjects, lower against the others (leave one out).
+
+    Memory: the prepared subjects (for Spearman 4 bytes a pair and subject-repeat) plus a few pair vectors,
+    when the metric offers ``pooled_sum`` (the pooled RDM from prepared rows; all built-ins do). Without
+    it each subject's ``metric.pool`` is kept beside (the plain contract: ``prepare``, ``compare``, ``pool``).
     """
 
     convention = "computed"
 
     def __init__(
         self,
-        rdms: np.ndarray,
+        rdms: Any,
         metric: Any,
         index: Sequence[int] | None = None,
         bootstrap_seed: int = 0,
         bootstrap_samples: int = BOOTSTRAP_SAMPLES,
     ) -> None:
-        rdms = np.asarray(rdms, dtype=np.float64)
-        self.n_full = rdms.shape[-1]
-        self.index = np.arange(self.n_full) if index is None else np.unique(np.asarray(index, dtype=np.int64))
+        self.source = rdms
         self.metric = metric
-        self.n_subjects, self.n_repeats = rdms.shape[:2]
-        self.vectors = upper_tri(sub_rdm(rdms, self.index))  # (S, R, P)
-        flat = self.vectors.reshape(-1, self.vectors.shape[-1])
-        self.prepared = metric.prepare(flat)
+        self.n_subjects = len(rdms)
+        self._index_arg = index
+        self.prepared: list[Any] = []
+        self._pool_sums: list[np.ndarray] | None = None if hasattr(metric, "pooled_sum") else []
+        total = None
+        for s in range(self.n_subjects):
+            vectors = self.subject_vectors(s)
+            self.prepared.append(metric.prepare(vectors))
+            own = self._own_sum(s, vectors)
+            if total is None:
+                total = np.array(own)  # a copy: ``own`` may be kept (metrics without pooled_sum)
+            else:
+                total += own
+            del vectors, own
         self.bootstrap = bootstrap_indices(self.n_subjects, bootstrap_samples, bootstrap_seed)
-        self.ceiling_lower, self.ceiling_upper = self._ceilings()
+        self.ceiling_lower, self.ceiling_upper = self._ceilings(total)
+
+    # -- subjects ------------------------------------------------------------------------------
+    def subject_vectors(self, s: int) -> np.ndarray:
+        """Subject ``s``'s RDM vectors on the scored images ``(repeats, P)``, in the source's float dtype."""
+        rdms = np.asarray(self.source[s])
+        if rdms.dtype.kind != "f":
+            rdms = rdms.astype(np.float64)
+        if not hasattr(self, "index"):
+            self.n_repeats, self.n_full = rdms.shape[0], rdms.shape[-1]
+            index = self._index_arg
+            self.index = np.arange(self.n_full) if index is None else np.unique(np.asarray(index, dtype=np.int64))
+            self._whole = np.array_equal(self.index, np.arange(self.n_full))
+        return upper_tri(rdms if self._whole else sub_rdm(rdms, self.index))
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All subjects' RDM vectors ``(S, R, P)`` in float64 (materialised on demand: small data only)."""
+        return np.stack([self.subject_vectors(s) for s in range(self.n_subjects)]).astype(np.float64)
+
+    def _own_sum(self, s: int, vectors: np.ndarray | None = None) -> np.ndarray:
+        """Subject ``s``'s share of the pooled RDM: ``metric.pooled_sum`` of its prepared rows, or (a metric
+        without it) ``repeats · metric.pool`` of its vectors, kept from the first pass."""
+        if self._pool_sums is None:
+            return self.metric.pooled_sum(self.prepared[s])
+        if vectors is not None:
+            self._pool_sums.append(self.metric.pool(vectors) * len(vectors))
+        return self._pool_sums[s]
+
+    def _pooled(self, total: np.ndarray, count: int) -> np.ndarray:
+        """The pooled RDM of ``count`` subject-repeats whose shares sum to ``total`` (a ``pooled_sum`` metric
+        takes the sum as it is: scaling the model side changes no correlation, and integer sums rank fast)."""
+        return total[None] if self._pool_sums is None else (total / count)[None]
 
     # -- per-subject values -------------------------------------------------------------------
+    def _compare(self, model_vectors: np.ndarray, subjects: Sequence[int] | None = None) -> np.ndarray:
+        """``(M, P)`` model vectors → ``(M, len(subjects), R)`` metric values (the model prepared once)."""
+        metric = self.metric
+        parts = [self.prepared[s] for s in (range(self.n_subjects) if subjects is None else subjects)]
+        if hasattr(metric, "compare_prepared"):
+            model = metric.prepare(np.atleast_2d(model_vectors))
+            sims = [metric.compare_prepared(model, part) for part in parts]
+        else:
+            sims = [metric.compare(model_vectors, part) for part in parts]
+        return np.stack(sims, axis=1)
+
     def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
         """``(M, P)`` model vectors → ``(M, S)`` per-subject values (mean over repeats)."""
-        sims = self.metric.compare(model_vectors, self.prepared)
-        return sims.reshape(len(model_vectors), self.n_subjects, self.n_repeats).mean(axis=2)
+        return self._compare(model_vectors).mean(axis=2)
 
-    def _ceilings(self) -> tuple[float, float]:
-        flat = self.vectors.reshape(-1, self.vectors.shape[-1])
-        if len(flat) < 2:  # one RDM: it is its own pooled RDM; no ceiling can be estimated
+    def _ceilings(self, total: np.ndarray | None) -> tuple[float, float]:
+        """(lower, upper) noise ceilings from ``total``, the sum of every subject's pooled share."""
+        n_s, n_r = self.n_subjects, self.n_repeats
+        if n_s * n_r < 2:  # one RDM: it is its own pooled RDM; no ceiling can be estimated
             return float("nan"), float("nan")
-        upper = self._per_subject(self.metric.pool(flat)[None])[0]
-        if self.n_subjects < 2:
+        upper = self._per_subject(self._pooled(total, n_s * n_r))[0]
+        if n_s < 2:
             return float("nan"), float(upper.mean())
-        lower = np.empty(self.n_subjects)
-        for s in range(self.n_subjects):
-            others = np.delete(self.vectors, s, axis=0).reshape(-1, self.vectors.shape[-1])
-            pooled = self.metric.pool(others)
-            sims = self.metric.compare(pooled[None], self.prepared[s * self.n_repeats : (s + 1) * self.n_repeats])
-            lower[s] = sims.mean()
+        lower = np.empty(n_s)
+        for s in range(n_s):
+            others = total - self._own_sum(s)
+            lower[s] = self._compare(self._pooled(others, (n_s - 1) * n_r), [s]).mean()
+            del others
         return float(lower.mean()), float(upper.mean())
 
     # -- scoring -------------------------------------------------------------------------------
     def model_vectors(self, model_rdms: np.ndarray) -> np.ndarray:
-        """Model RDM(s) → vectors on the scored images ``(M, P)``.
+        """Model RDM(s) → vectors on the scored images ``(M, P)`` (a float dtype is kept).
 
         Accepts full-size RDMs ``(..., N, N)`` (restricted here to the scored images) or RDMs already
         computed on just the scored images, in index order ``(..., len(index), len(index))``.
         """
-        model_rdms = np.asarray(model_rdms, dtype=np.float64)
+        model_rdms = np.asarray(model_rdms)
+        if model_rdms.dtype.kind != "f":
+            model_rdms = model_rdms.astype(np.float64)
         if model_rdms.ndim == 2:
             model_rdms = model_rdms[None]
         n = model_rdms.shape[-1]
-        if n == self.n_full:
+        if n == self.n_full and not self._whole:
             model_rdms = sub_rdm(model_rdms, self.index)
         elif n != len(self.index):
             raise ValueError(
@@ -183,8 +249,7 @@ class TargetScorer:
     def _build(self, values: np.ndarray, signed: np.ndarray, extra: dict[str, Any]) -> list[Score]:
         """Scores from per-subject ``values`` ``(M, S)`` (and the signed correlations behind them)."""
         raw = values.mean(axis=1)
-        alpha = (1.0 - CI_LEVEL) / 2.0
-        lo, hi = np.quantile(values[:, self.bootstrap].mean(axis=2), [alpha, 1.0 - alpha], axis=1)
+        lo, hi = percentile_ci(values, self.bootstrap)
         p_values, p_rho = ttest_pvalues(values), ttest_pvalues(signed)
         return [
             Score(

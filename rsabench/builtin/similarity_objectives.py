@@ -16,7 +16,7 @@ import torch
 
 from rsabench.errors import UsageError
 from rsabench.objective import NORMALIZATIONS, Objective
-from rsabench.rsa import EPS, correlation_rdm
+from rsabench.rsa import correlation_rdm, unit_features
 
 from .basic_objectives import pair_values
 
@@ -62,20 +62,6 @@ def choice_option(objective: str, key: str, value: Any, choices: tuple[str, ...]
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """Floating tensors as they are (float64 stays float64), anything else as float32."""
     return x if x.is_floating_point() else x.float()
-
-
-def unit_rows(features: torch.Tensor, center: bool = True, eps: float = EPS) -> torch.Tensor:
-    """Flattened features ``(B, P)``, optionally centred per image, L2-normalised per image.
-
-    A row whose (centred) norm is at most ``eps`` becomes the zero vector with zero gradient, as in
-    :func:`rsabench.rsa.correlation_rdm` (an all-zero map is legal).
-    """
-    z = features.reshape(features.shape[0], -1)
-    if center:
-        z = z - z.mean(dim=1, keepdim=True)
-    norm = z.norm(dim=1, keepdim=True)
-    ok = norm > eps
-    return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
 
 
 def safe_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -172,7 +158,7 @@ class Contrastive(_TargetNormalization):
         return (pair_values(target) > self.threshold).to(torch.float32)
 
     def loss(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = unit_rows(as_float(features), self.center)
+        z = unit_features(as_float(features), center=self.center)
         sq = (z * z).sum(dim=1)
         d2 = pair_values(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
         d = torch.sqrt(d2.clamp_min(1e-12))
@@ -230,7 +216,7 @@ class CKA(_TargetNormalization):
     def cka(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Linear CKA between the batch's model kernel and the target kernel (float64 scalar)."""
         if self.kernel == "correlation":
-            z = unit_rows(as_float(features).double())
+            z = unit_features(as_float(features).double())
         else:
             z = features.reshape(features.shape[0], -1).double()
         k = double_center(z @ z.T)
