@@ -1,138 +1,92 @@
 """Scoring conventions: how per-subject values, ceilings and p-values are computed (DESIGN §4).
 
-- ``computed``: rsabench's own. Per-subject value = the metric (mean over repeats); ceilings from the data
-  on exactly the scored pairs, subjects pooled as rsatoolbox's ``pool_rdm`` (:class:`TargetScorer`).
-- ``algonauts2019``: the official Algonauts 2019 devkit (``testSub_fmri.py`` / ``testSub_meg.py``).
-  Per-subject value ``R²_s = (mean_k spearman(model, subject_s session_k))²`` (fMRI: one session), the
-  score is ``R² = mean_s R²_s``, ``%NC = 100·R²/NC`` with the devkit's hard-coded noise ceilings NC, and a
-  track score ``100·mean(R²_a, R²_b) / mean(NC_a, NC_b)``. The devkit's p-value is a two-sided one-sample
-  t-test over subjects of the per-subject **R²** against 0 (``ttest_1samp(corr_squared, 0)``): R² is never
-  negative, so it says little; the signed ρ and a t-test on it are logged beside it (``extra``).
-  Where the devkit has no constant (the hidden TS2 set, a subset of images), NC is computed from the data
-  the way the devkit's constants were: plain subject mean, squared Spearman (they reproduce to 4 decimals).
+A convention is a plugin object (``register_conventions``, registry kind ``convention``): its factory
+takes keywords ``dataset`` (a :class:`~rsabench.dataset.Dataset` or its name), ``target``, ``group``,
+``rdms``, ``metric``, ``index``, ``bootstrap_seed``, ``bootstrap_samples`` and returns a
+:class:`~rsabench.scoring.TargetScorer`. The built-in plugin :mod:`rsabench.builtin.conventions` registers
+
+- ``computed``: rsabench's own (:func:`computed`). Per-subject value = the metric (mean over repeats);
+  ceilings from the data on exactly the scored pairs, subjects pooled as rsatoolbox's ``pool_rdm``;
+- ``algonauts2019``: the Algonauts 2019 devkit (:mod:`rsabench.builtin.algonauts_convention`).
+
+A dataset plugin can register its own convention the same way, without touching rsabench.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
-from .errors import UsageError
-from .rsa import unit_rows
+from .errors import PluginError, UsageError
 from .scoring import BOOTSTRAP_SAMPLES, Score, TargetScorer, bootstrap_indices, percentile_ci
 
-CONVENTIONS: dict[str, str] = {
-    "computed": "metric per subject; noise ceilings computed from the data on the scored pairs (rsatoolbox pooling)",
-    "algonauts2019": "Algonauts 2019 devkit: mean squared Spearman over subjects, % of the devkit's noise ceilings",
-}
-
-# Devkit noise ceilings (R², upper bound), keyed (modality, group, target): testSub_fmri.py / testSub_meg.py.
-DEVKIT_NOISE_CEILINGS: dict[tuple[str, str, str], float] = {
-    ("fmri", "92", "EVC"): 0.1589,
-    ("fmri", "92", "IT"): 0.3075,
-    ("fmri", "118", "EVC"): 0.1048,
-    ("fmri", "118", "IT"): 0.0728,
-    ("fmri", "78", "EVC"): 0.0640,
-    ("fmri", "78", "IT"): 0.0647,
-    ("meg", "92", "MEG-early"): 0.4634,
-    ("meg", "92", "MEG-late"): 0.2275,
-    ("meg", "118", "MEG-early"): 0.3468,
-    ("meg", "118", "MEG-late"): 0.2265,
-    ("meg", "78", "MEG-early"): 0.3562,
-    ("meg", "78", "MEG-late"): 0.4452,
-}
-OFFICIAL_SIZES: dict[str, int] = {"92": 92, "118": 118, "78": 78}
-"""Images per group in the release: a devkit constant applies only to RDMs of that size (the official data)."""
-ALGONAUTS_MODALITY: dict[str, str] = {"algonauts-fmri": "fmri", "algonauts-meg": "meg"}
-DEVKIT_P_VALUE = "two-sided one-sample t-test over subjects of the per-subject R² against 0 (as the devkit)"
+COMPUTED_SUMMARY = "metric per subject; noise ceilings computed from the data on the scored pairs (rsatoolbox pooling)"
+_MOVED = (
+    "DEVKIT_NOISE_CEILINGS",
+    "OFFICIAL_SIZES",
+    "ALGONAUTS_MODALITY",
+    "DEVKIT_P_VALUE",
+    "Algonauts2019Scorer",
+    "devkit_noise_ceiling",
+    "devkit_constant",
+)
+"""Names that moved to the built-in plugin :mod:`rsabench.builtin.algonauts_convention` (still importable here)."""
 
 
-def devkit_noise_ceiling(vectors: np.ndarray, prepared: np.ndarray | None = None) -> tuple[float, float]:
-    """(lower, upper) R² ceilings of ``(subjects, repeats, pairs)`` RDM vectors, the devkit way.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module("rsabench.builtin.algonauts_convention"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Upper: the model is the plain mean RDM of all subjects (and repeats), scored as a submission:
-    ``mean_s (mean_k spearman(mean, subject_s session_k))²``. Lower: the same against the plain mean of
-    the *other* subjects (leave one subject out). ``prepared``: the vectors' centred, unit-norm ranks
-    (``SpearmanMetric.prepare``), when already computed.
-    """
-    vectors = np.asarray(vectors, dtype=np.float64)
-    s, r, p = vectors.shape
-    if prepared is None:
-        prepared = unit_rows(rankdata(vectors, axis=-1))
-    prepared = np.asarray(prepared).reshape(s, r, p)
-    pooled = unit_rows(rankdata(vectors.mean(axis=(0, 1)))[None])[0]
-    upper = float(np.mean(np.einsum("srp,p->sr", prepared, pooled).mean(axis=1) ** 2))
-    if s < 2:
-        return float("nan"), upper
-    per_subject = vectors.sum(axis=1)  # (S, P)
-    others = (per_subject.sum(axis=0)[None] - per_subject) / ((s - 1) * r)
-    others = unit_rows(rankdata(others, axis=-1))
-    lower = float(np.mean(np.einsum("srp,sp->sr", prepared, others).mean(axis=1) ** 2))
-    return lower, upper
+
+def _registry() -> Any:
+    from .plugins import get_plugins
+
+    return get_plugins().conventions
+
+
+class _Conventions(Mapping):
+    """``{name: summary}`` of the registered conventions, read from the plugins' registry on each use."""
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self:
+            raise KeyError(name)
+        return _registry().summary(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in _registry().names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_registry().names())
+
+    def __len__(self) -> int:
+        return len(_registry().names())
+
+
+CONVENTIONS: Mapping[str, str] = _Conventions()
 
 
 ComputedScorer = TargetScorer
 """Convention ``computed``: ceilings from the data on the scored pairs (:class:`TargetScorer`)."""
 
 
-class Algonauts2019Scorer(TargetScorer):
-    """The devkit's scoring: per-subject ``(mean over sessions of Spearman)²``; see module docstring.
-
-    ``noise_ceiling``: the devkit constant (R²) to normalise by; ``None`` computes it from the data the
-    devkit way (:func:`devkit_noise_ceiling`) on the scored pairs. The lower ceiling is always computed.
-    """
-
-    convention = "algonauts2019"
-
-    def __init__(
-        self,
-        rdms: np.ndarray,
-        metric: Any,
-        index: Sequence[int] | None = None,
-        bootstrap_seed: int = 0,
-        bootstrap_samples: int = BOOTSTRAP_SAMPLES,
-        *,
-        noise_ceiling: float | None = None,
-    ) -> None:
-        if getattr(metric, "name", None) != "spearman":
-            raise UsageError(
-                "the algonauts2019 convention is defined for the spearman metric, not "
-                f"{getattr(metric, 'name', metric)!r} "
-                "(use --metric spearman, or the computed convention)"
-            )
-        self.noise_ceiling_constant = noise_ceiling
-        self.ceiling_source = (
-            "devkit constant (testSub_*.py)"
-            if noise_ceiling is not None
-            else "computed from the data the devkit way (plain subject mean, squared Spearman) on the scored pairs"
-        )
-        super().__init__(rdms, metric, index, bootstrap_seed, bootstrap_samples)
-
-    def _signed(self, model_vectors: np.ndarray) -> np.ndarray:
-        """``(M, S)`` signed Spearman per subject, averaged over sessions."""
-        return TargetScorer._per_subject(self, model_vectors)
-
-    def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
-        return self._signed(model_vectors) ** 2
-
-    def _ceilings(self, total: np.ndarray | None) -> tuple[float, float]:
-        lower, upper = devkit_noise_ceiling(self.vectors)
-        self.computed_ceiling_upper = upper
-        if self.noise_ceiling_constant is not None:
-            upper = float(self.noise_ceiling_constant)
-        return lower, upper
-
-    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
-        signed = self._checked(self._signed(self.model_vectors(model_rdms)))
-        extra = {
-            "p_value_test": DEVKIT_P_VALUE,
-            "ceiling_source": self.ceiling_source,
-            "ceiling_upper_from_data": self.computed_ceiling_upper,
-        }
-        return self._build(signed**2, signed, extra)
+def computed(
+    *,
+    dataset: Any = None,
+    target: str = "",
+    group: str = "",
+    rdms: Any,
+    metric: Any,
+    index: Sequence[int] | None = None,
+    bootstrap_seed: int = 0,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+) -> TargetScorer:
+    """The ``computed`` convention's factory (dataset, target and group do not change it)."""
+    return TargetScorer(rdms, metric, index, bootstrap_seed, bootstrap_samples)
 
 
 def _resolve_metric(metric: Any) -> Any:
@@ -143,17 +97,14 @@ def _resolve_metric(metric: Any) -> Any:
     return metric
 
 
-def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        close = difflib.get_close_matches(convention, list(CONVENTIONS), n=2, cutoff=0.5)
+def _factory(convention: str) -> Any:
+    registry = _registry()
+    if convention not in registry.names():
+        known = registry.names()
+        close = difflib.get_close_matches(convention, known, n=2, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UsageError(f"unknown scoring convention {convention!r}{hint} (known: {', '.join(CONVENTIONS)})")
-
-
-def devkit_constant(dataset_name: str, group: str, target: str) -> float | None:
-    """The devkit's hard-coded noise ceiling for an Algonauts 2019 group/target, or None."""
-    modality = ALGONAUTS_MODALITY.get(dataset_name)
-    return DEVKIT_NOISE_CEILINGS.get((modality, group, target)) if modality else None
+        raise UsageError(f"unknown scoring convention {convention!r}{hint} (known: {', '.join(known)})")
+    return registry.get(convention)
 
 
 def scorer_for(
@@ -161,34 +112,33 @@ def scorer_for(
     dataset: Any,
     target: str,
     group: str,
-    rdms: np.ndarray,
+    rdms: Any,
     metric: Any,
     index: Sequence[int] | None = None,
     bootstrap_seed: int = 0,
     bootstrap_samples: int = BOOTSTRAP_SAMPLES,
 ) -> TargetScorer:
-    """A scorer for one target/group on the images ``index`` (all when None) under ``convention``.
+    """A scorer for one target/group on the images ``index`` (all when None) under a registered ``convention``.
 
     ``dataset`` is a :class:`~rsabench.dataset.Dataset` or its name; ``metric`` an object or a registered name.
-    ``algonauts2019`` uses the devkit's constant only when every image of an official-size group is scored;
-    otherwise the ceiling is computed from the data the devkit way on the scored pairs.
     """
-    _check_convention(convention)
-    metric = _resolve_metric(metric)
-    name = dataset if isinstance(dataset, str) else dataset.name
-    if convention == "computed":
-        return ComputedScorer(rdms, metric, index, bootstrap_seed, bootstrap_samples)
-    if name not in ALGONAUTS_MODALITY:
-        raise UsageError(
-            f"the algonauts2019 convention applies to the Algonauts 2019 datasets "
-            f"({', '.join(ALGONAUTS_MODALITY)}), not {name!r}; use the computed convention"
-        )
-    n = np.shape(rdms[0])[-1]
-    whole = OFFICIAL_SIZES.get(group) == n and (
-        index is None or np.array_equal(np.unique(np.asarray(index)), np.arange(n))
+    factory = _factory(convention)
+    scorer = factory(
+        dataset=dataset,
+        target=target,
+        group=group,
+        rdms=rdms,
+        metric=_resolve_metric(metric),
+        index=index,
+        bootstrap_seed=bootstrap_seed,
+        bootstrap_samples=bootstrap_samples,
     )
-    constant = devkit_constant(name, group, target) if whole else None
-    return Algonauts2019Scorer(rdms, metric, index, bootstrap_seed, bootstrap_samples, noise_ceiling=constant)
+    if not isinstance(scorer, TargetScorer):
+        plugin = _registry().plugin_of(convention)
+        raise PluginError(
+            f"plugin {plugin!r}: convention {convention!r} returned {type(scorer).__name__}, not a TargetScorer"
+        )
+    return scorer
 
 
 def track_score(scores: Sequence[Score], bootstrap_seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Score:

@@ -47,3 +47,9 @@ def register_metrics(register):
 @hookspec
 def register_executors(register):
     """Register executors: ``register(name, factory, summary=...)``; ``factory(**options) -> Executor``."""
+
+
+@hookspec
+def register_conventions(register):
+    """Register scoring conventions: ``register(name, factory, summary=...)``; ``factory(*, dataset, target,
+    group, rdms, metric, index, bootstrap_seed, bootstrap_samples) -> rsabench.scoring.TargetScorer``."""

@@ -21,7 +21,7 @@ import pluggy
 from . import __version__, hookspecs
 from .registry import Register, Registry
 
-KINDS = ("dataset", "backbone", "objective", "metric", "executor")
+KINDS = ("dataset", "backbone", "objective", "metric", "executor", "convention")
 ENTRY_POINT_GROUP = "rsabench"
 BUILTIN_PLUGINS = {
     "rsabench.datasets": "rsabench.builtin.datasets",
@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = {
     "rsabench.objectives": "rsabench.builtin.objectives",
     "rsabench.metrics": "rsabench.builtin.metrics",
     "rsabench.executors": "rsabench.builtin.executors",
+    "rsabench.conventions": "rsabench.builtin.conventions",
 }
 HOOKS = tuple(f"register_{kind}s" for kind in KINDS)
 
@@ -63,6 +64,10 @@ class Plugins:
     @property
     def executors(self) -> Registry:
         return self.registries["executor"]
+
+    @property
+    def conventions(self) -> Registry:
+        return self.registries["convention"]
 
     def error(self, plugin: str, message: str) -> None:
         self.load_errors.setdefault(plugin, []).append(message)

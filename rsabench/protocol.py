@@ -55,19 +55,8 @@ def test_sets(dataset: Dataset, splits: dict[str, dict[str, np.ndarray]]) -> lis
 def make_scorer(
     convention: str, dataset: Dataset, target: str, group: str, metric: Any, index: np.ndarray, bootstrap_seed: int
 ) -> TargetScorer:
-    """A scorer for one target/group/images under a named convention."""
-    rdms = dataset.target(target, group).rdms
-    if convention == "computed":
-        return TargetScorer(rdms, metric, index, bootstrap_seed=bootstrap_seed)
+    """A scorer for one target/group/images under a convention registered by a plugin (``computed`` built in)."""
     from .conventions import scorer_for
 
-    return scorer_for(
-        convention,
-        dataset=dataset,
-        target=target,
-        group=group,
-        rdms=rdms,
-        metric=metric,
-        index=index,
-        bootstrap_seed=bootstrap_seed,
-    )
+    rdms = dataset.target(target, group).rdms
+    return scorer_for(convention, dataset, target, group, rdms, metric, index, bootstrap_seed)
