@@ -25,6 +25,22 @@ def test_spilled_rdms_equal_in_memory_rdms_exactly():
     np.testing.assert_array_equal(spilled, in_memory)
 
 
+def test_column_chunks_cover_the_layer_and_bound_memory(monkeypatch):
+    from rsabench import features
+
+    monkeypatch.setattr(features, "CHUNK_BYTES", 4 * 3 * 2048)  # 3 images: 2048 columns a chunk
+    chunks = features.column_chunks(3, 5000)
+    assert chunks == [(0, 2048), (2048, 4096), (4096, 5000)]
+    model, images = small_net(), torch.randn(3, 3, 40, 40)  # conv2 output: 5 x 36 x 36 = 6480 columns
+    monkeypatch.setattr(features, "CHUNK_BYTES", 4 * 3 * 1024)
+    chunked = extract_rdms(model, ["3"], images, batch_size=2)
+    monkeypatch.setattr(features, "CHUNK_BYTES", 1 << 30)
+    whole = extract_rdms(model, ["3"], images, batch_size=2)
+    # float32 chunk products summed in float64 vs one float32 product: each distance is a 6480-term dot
+    # product of unit rows, and a float32 sum of n unit-bounded terms errs by at most n * eps.
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=6480 * np.finfo(np.float32).eps)
+
+
 def test_rdms_equal_the_unbatched_reference():
     model, images = small_net(), torch.randn(7, 3, 12, 12)
     with torch.no_grad():
@@ -37,15 +53,19 @@ def test_rdms_equal_the_unbatched_reference():
 
 
 def test_the_store_spills_once_past_its_budget_and_cleans_up():
-    with UnitRowStore(["a", "b"], budget_bytes=100) as store:
-        store.add("a", np.ones((2, 5)))  # 40 bytes
-        store.add("b", np.ones((2, 5)))  # 80
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+    with UnitRowStore(["a", "b"], n=4, budget_bytes=100) as store:
+        store.add("a", a[:2])  # 40 bytes
+        store.add("b", b[:2])  # 80
         assert not store.spilled
-        store.add("a", np.zeros((2, 5)))  # 120 > 100: everything moves to disk
+        store.add("a", a[2:])  # 120 > 100: everything moves to disk
+        store.add("b", b[2:])
         assert store.spilled
         spill = store._spill.name
-        np.testing.assert_array_equal(store.take("a"), np.r_[np.ones((2, 5)), np.zeros((2, 5))])
-        np.testing.assert_array_equal(store.take("b"), np.ones((2, 5)))
+        # one column chunk here (5 columns): the Gram is the plain float32 product, summed into float64
+        np.testing.assert_array_equal(store.gram("a"), (a @ a.T).astype(np.float64))
+        np.testing.assert_array_equal(store.gram("b"), (b @ b.T).astype(np.float64))
     import os
 
     assert not os.path.exists(spill)
