@@ -174,15 +174,19 @@ def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> N
         raise UsageError(
             f"--weights {config['weights']}: the file's sha256 differs from the cell config's weights_sha256"
         )
-    plugins = workspace.plugins
-    code = {
-        "rsabench": __version__,
-        "plugins": plugins.used_versions(
-            dataset=ds.name, backbone=config["backbone"], objective=config["objective"], metric=config["metric"]
-        ),
-    }
+    code = code_of(workspace.plugins, config)
     if code != config["code"]:
         raise UsageError(f"this cell's config was resolved with code {config['code']}, this installation has {code}")
+
+
+def code_of(plugins: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The versions of the code a cell's numbers come from: rsabench and the plugins that provide its dataset,
+    backbone, objective, metric and scoring conventions (``config["code"]``, so part of the cell hash)."""
+    used = plugins.used_versions(
+        dataset=config["dataset"], backbone=config["backbone"], objective=config["objective"],
+        metric=config["metric"], convention=config["conventions"],
+    )  # fmt: skip
+    return {"rsabench": __version__, "plugins": used}
 
 
 def seed_everything(seed: int, device: str) -> None:

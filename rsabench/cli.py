@@ -18,7 +18,7 @@ from .settings import BY_NAME, SEED_MAX
 DEFAULT_DATASET = "kriegeskorte2008"
 DEFAULT_BACKBONE = "alexnet"
 DEFAULT_OBJECTIVES = ("frozen", "dissim")
-LIST_KINDS = ("datasets", "backbones", "objectives", "metrics", "executors", "layers")
+LIST_KINDS = ("datasets", "backbones", "objectives", "metrics", "executors", "conventions", "layers")
 
 
 def _console(stderr: bool = False):

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Sequence
 
 import pluggy
 
@@ -72,9 +73,14 @@ class Plugins:
     def error(self, plugin: str, message: str) -> None:
         self.load_errors.setdefault(plugin, []).append(message)
 
-    def used_versions(self, **names: str) -> dict[str, str]:
-        """``{plugin: version}`` of the plugins providing the given ``kind=name`` objects (for a cell's hash)."""
-        used = {self.registries[kind].plugin_of(name) for kind, name in names.items()}
+    def used_versions(self, **names: str | Sequence[str]) -> dict[str, str]:
+        """``{plugin: version}`` of the plugins providing the given ``kind=name`` (or ``kind=[names]``)
+        objects (for a cell's hash)."""
+        used = {
+            self.registries[kind].plugin_of(name)
+            for kind, given in names.items()
+            for name in ([given] if isinstance(given, str) else given)
+        }
         return {p: self.versions.get(p, "unknown") for p in sorted(used) if p}
 
 

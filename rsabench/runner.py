@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .cell import Runtime, describe, execute, resolve_device
+from .cell import Runtime, code_of, describe, execute, resolve_device
 from .dataset import Dataset
 from .errors import UsageError
 from .feature_cache import FeatureCache
@@ -232,7 +231,7 @@ class Session(Workspace):
         o = self.options
         weights_path = resolve_weights_path(o.weights)
         obj = self.objective(objective)
-        return {
+        config = {
             "dataset": ds.name,
             "dataset_version": ds.version,
             "dataset_options": dict(sorted(self.dataset_options.get(ds.name, {}).items())),
@@ -258,13 +257,9 @@ class Session(Workspace):
                 "test_fraction": o.test_fraction if not ds.test_splits else None,
             },
             "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
-            "code": {
-                "rsabench": __version__,
-                "plugins": self.plugins.used_versions(
-                    dataset=ds.name, backbone=backbone, objective=objective, metric=metric
-                ),
-            },
         }
+        config["code"] = code_of(self.plugins, config)
+        return config
 
     def preflight(self, cells: list[PlannedCell], runs_dir: Path | None = None) -> None:
         """Check what only a built network can tell (weights available and finite, layer names, image size,
