@@ -1,4 +1,4 @@
-"""Scoring conventions: how per-subject values, ceilings and p-values are computed (DESIGN §4).
+"""Scoring conventions: how per-subject values, ceilings and p-values are computed (ARCHITECTURE.md, "The mathematics").
 
 A convention is a plugin object (``register_conventions``, registry kind ``convention``): its factory
 takes keywords ``dataset`` (a :class:`~rsabench.dataset.Dataset` or its name), ``target``, ``group``,
@@ -15,7 +15,6 @@ A dataset plugin can register its own convention the same way, without touching 
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Sequence
 
@@ -25,22 +24,6 @@ from .errors import PluginError, UsageError
 from .scoring import BOOTSTRAP_SAMPLES, Score, TargetScorer, bootstrap_indices, percentile_ci
 
 COMPUTED_SUMMARY = "metric per subject; noise ceilings computed from the data on the scored pairs (rsatoolbox pooling)"
-_MOVED = (
-    "DEVKIT_NOISE_CEILINGS",
-    "OFFICIAL_SIZES",
-    "ALGONAUTS_MODALITY",
-    "DEVKIT_P_VALUE",
-    "Algonauts2019Scorer",
-    "devkit_noise_ceiling",
-    "devkit_constant",
-)
-"""Names that moved to the built-in plugin :mod:`rsabench.builtin.algonauts_convention` (still importable here)."""
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module("rsabench.builtin.algonauts_convention"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _registry() -> Any:

@@ -1,4 +1,4 @@
-"""RSA engine: correlation-distance RDMs, RDM vectors and vectorised comparisons (DESIGN §4).
+"""RSA engine: correlation-distance RDMs, RDM vectors and vectorised comparisons (ARCHITECTURE.md, "The mathematics").
 
 Model RDMs are computed in torch (differentiable, float32 Gram form); comparisons in numpy, with the
 brain side prepared once (ranked, centred, unit-normalised) so comparing M model RDMs with K subject

@@ -1,4 +1,4 @@
-"""Scores with noise ceilings and seeded bootstrap confidence intervals (DESIGN §2, §4).
+"""Scores with noise ceilings and seeded bootstrap confidence intervals.
 
 A :class:`TargetScorer` holds one target's subject RDMs restricted to the scored images, prepared once;
 ``score_many`` compares any number of model RDMs (one per layer) in one matrix product.

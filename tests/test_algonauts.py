@@ -16,7 +16,8 @@ from scipy.stats import rankdata, spearmanr
 
 from rsabench import datastore
 from rsabench.builtin import algonauts, algonauts_data
-from rsabench.conventions import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer, ComputedScorer, devkit_noise_ceiling
+from rsabench.builtin.algonauts_convention import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer, devkit_noise_ceiling
+from rsabench.conventions import ComputedScorer
 from rsabench.errors import DataError, UsageError
 from rsabench.rsa import SpearmanMetric
 

@@ -94,11 +94,3 @@ def test_unknown_convention_is_a_one_line_usage_error(rdms):
     with pytest.raises(UsageError, match=r"unknown scoring convention 'computd'; did you mean 'computed'\?") as e:
         conventions.scorer_for("computd", "x", "IT", "92", rdms, "spearman")
     assert "\n" not in str(e.value)
-
-
-def test_moved_names_stay_importable():
-    from rsabench.builtin import algonauts_convention
-    from rsabench.conventions import DEVKIT_NOISE_CEILINGS, Algonauts2019Scorer
-
-    assert Algonauts2019Scorer is algonauts_convention.Algonauts2019Scorer
-    assert DEVKIT_NOISE_CEILINGS[("fmri", "92", "IT")] == 0.3075
