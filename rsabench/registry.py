@@ -203,7 +203,7 @@ def lazy(path: str) -> Callable[..., Any]:
 
     factory.__qualname__ = factory.__name__ = f"lazy({path})"
     factory.__doc__ = f"Imports and calls {path}."
-    factory.__module__ = module_name  # where the implementation lives (used to find a module's describe())
+    factory.__module__ = module_name  # where the implementation lives
     factory.target = target  # type: ignore[attr-defined]
     return factory
 

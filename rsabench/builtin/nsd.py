@@ -49,6 +49,7 @@ from rsabench.dataset import Dataset, LoadedDataSource, StimulusGroup, Target, s
 from rsabench.dataset import data_dir as default_data_dir
 from rsabench.errors import DataError, UsageError
 from rsabench.matio import read_npy_dict
+from rsabench.rsa import correlation_rdm_numpy
 
 NAME = "nsd"
 HEMIS = ("lh", "rh")
@@ -361,15 +362,9 @@ def _subject_rois(root: Path, subj: str, specs: list[RoiSpec], n_vertices: dict[
 
 
 def _rdm(x: np.ndarray) -> np.ndarray:
-    """``1 - pearson`` between rows, float64 (equals scipy ``pdist(x, "correlation")``)."""
-    z = np.array(x, dtype=np.float64)
-    z -= z.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
-    z /= np.where(norm > 0, norm, 1.0)  # a constant row has distance 1 to everything (as rsa.correlation_rdm)
-    gram = z @ z.T
-    rdm = 1.0 - 0.5 * (gram + gram.T)
-    np.fill_diagonal(rdm, 0.0)
-    return rdm
+    """``1 - pearson`` between rows, float64 (equals scipy ``pdist(x, "correlation")``); a constant row has
+    distance 1 to everything (as ``rsa.correlation_rdm``)."""
+    return correlation_rdm_numpy(x, eps=0.0, dtype=np.float64)
 
 
 def _subject_rdms(

@@ -28,6 +28,7 @@ import numpy as np
 
 from rsabench.dataset import Dataset, StimulusGroup, Target
 from rsabench.errors import UsageError
+from rsabench.rsa import correlation_rdm_numpy
 
 NAME = "synthetic"
 VERSION = "1"
@@ -130,14 +131,8 @@ def latents(category: np.ndarray, shape_param: np.ndarray) -> np.ndarray:
 
 
 def _corr_distance(x: np.ndarray) -> np.ndarray:
-    """``1 - pearson`` between rows (float64), exact zero diagonal, symmetric."""
-    z = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    z = z - z.mean(axis=1, keepdims=True)
-    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
-    d = 1.0 - z @ z.T
-    d = np.clip(0.5 * (d + d.T), 0.0, 2.0)
-    np.fill_diagonal(d, 0.0)
-    return d
+    """``1 - pearson`` between rows (float64), exact zero diagonal, symmetric (``rsa.correlation_rdm_numpy``)."""
+    return correlation_rdm_numpy(np.reshape(x, (len(x), -1)), eps=0.0, dtype=np.float64)
 
 
 def _pool_matrix(size: int, cells: int) -> np.ndarray:
