@@ -49,6 +49,39 @@ class Runtime:
         return cls(**{k: doc[k] for k in ("device", "batch_size", "channels_last", "keep_checkpoints") if k in doc})
 
 
+def check_image_size(
+    built: Any,
+    layers: list[str],
+    size: int,
+    backbone: str,
+    batch_size: int = 1,
+    n_images: int = 1,
+    trains: bool = False,
+    device: str = "cpu",
+) -> None:
+    """Shapes of a forward pass at ``size`` (meta device): UsageError if the network cannot take that size,
+    or if a cell would need more memory than ``device`` has free."""
+    from .memory import available_bytes, gib, needed_bytes, profile
+
+    try:
+        shapes = profile(built.model, layers, size)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); "
+            "use a larger --image-size"
+        ) from None
+    need, free = needed_bytes(shapes, batch_size, n_images, trains), available_bytes(device)
+    if free is not None and need > free:
+        raise UsageError(
+            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of "
+            "memory "
+            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} "
+            "are free; "
+            "use a smaller --image-size, --batch-size or fewer --layer"
+        )
+
+
 def resolve_device(option: str) -> str:
     """``auto`` → ``cuda`` where available, else ``cpu``; a CUDA device that is not there is a usage error."""
     import torch
@@ -155,6 +188,15 @@ def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> N
     from .backbone import resolve_weights_path
     from .digests import DigestCache
 
+    if ds.version != config["dataset_version"] or list(ds.conventions) != config["conventions"]:
+        raise UsageError(
+            f"config: dataset {ds.name!r} is version {ds.version} scored under {', '.join(ds.conventions)}; the config "
+            f"says version {config['dataset_version']} under {', '.join(config['conventions'])}"
+        )
+    if config["target"] not in ds.target_names():
+        raise UsageError(
+            f"config: {config['target']!r} is not a target of dataset {ds.name!r} ({', '.join(ds.target_names())})"
+        )
     have = workspace.data_checksums(ds)
     changed = sorted(
         k for k in set(have) | set(config["data_checksums"]) if have.get(k) != config["data_checksums"].get(k)
@@ -177,6 +219,26 @@ def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> N
     code = code_of(workspace.plugins, config)
     if code != config["code"]:
         raise UsageError(f"this cell's config was resolved with code {config['code']}, this installation has {code}")
+
+
+def build_objective(config: dict[str, Any], workspace: Workspace) -> Any:
+    """The objective of ``config`` rebuilt from its recorded options; UsageError unless they are exactly
+    the options it resolves to (an unknown, missing or changed option)."""
+    from .registry import accepted_options
+
+    name, options = config["objective"], config["objective_options"]
+    accepted = accepted_options(workspace.plugins.objectives.get(name))
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(
+            f"config: objective {name!r} takes no option {unknown[0]!r} (it takes: {', '.join(accepted) or 'none'})"
+        )
+    objective = workspace.build_objective(name, options)
+    if objective.options() != options:
+        raise UsageError(f"config: objective_options {options} of {name!r} resolve to {objective.options()}")
+    if objective.trains != config["trains"]:
+        raise UsageError(f"config: objective {name!r} {'trains' if objective.trains else 'does not train'}")
+    return objective
 
 
 def code_of(plugins: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +279,7 @@ def prepare(
     device = runtime.resolved_device()
     ds = workspace.load_dataset(config["dataset"], config["dataset_options"])
     check_inputs(config, workspace, ds)
-    objective = workspace.build_objective(config["objective"], config["objective_options"])
+    objective = build_objective(config, workspace)
     if config["train"]:
         check_amp(config["train"]["amp"], device)  # refuse before anything is built
     channels_last = runtime.channels_last if runtime.channels_last is not None else device.startswith("cuda")
@@ -228,6 +290,7 @@ def prepare(
         built.model = built.model.to(memory_format=torch.channels_last)
     layers = list(config["layers"]) or built.default_layers
     check_layers(built.model, layers, config["backbone"])
+    check_image_size(built, layers, config["image_size"], config["backbone"])
     split = config["split"]
     splits = split_images(ds, split["seed"], split["val_fraction"], split["test_fraction"] or 0.0)
     groups = [g for g in ds.train_groups if ds.target(config["target"], g) is not None]

@@ -268,6 +268,9 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
     _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells], warn=_warn), fmt)
 
 
+MAX_CONFIG_BYTES = 64 << 20  # a record of a cell with many layers and curves is well under 1 MiB
+
+
 @cli.command("run-cell", hidden=True)
 @click.argument("config_file", metavar="CONFIG.json", type=click.Path(dir_okay=False, path_type=Path))
 @click_option(BY_NAME["runs_dir"])
@@ -304,11 +307,14 @@ def run_cell_cmd(
     """
     from .cell import Runtime, describe, execute
     from .feature_cache import FeatureCache
-    from .records import InvalidRecord, config_hash, parse_strict_json, record_path, validate_config
+    from .records import InvalidRecord, config_hash, parse_strict_json, record_path, validate_config, validate_record
     from .runner import check_writable
     from .workspace import Workspace
 
     try:
+        if not config_file.is_file() or config_file.stat().st_size > MAX_CONFIG_BYTES:
+            what = "not a regular file" if not config_file.is_file() else f"larger than {_size(MAX_CONFIG_BYTES)}"
+            raise UsageError(f"{config_file}: not a cell config or record ({what})")
         doc = parse_strict_json(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
@@ -319,7 +325,7 @@ def run_cell_cmd(
     is_record = isinstance(doc, dict) and "schema" in doc
     config = doc.get("config") if is_record else doc
     try:
-        validate_config(config)
+        validate_record(doc) if is_record else validate_config(config)  # a record: its schema and hash too
     except InvalidRecord as exc:
         raise UsageError(f"{config_file}: not a cell config or record: {exc}") from None
     recorded = doc.get("manifest", {}).get("runtime", {}) if is_record and isinstance(doc.get("manifest"), dict) else {}
@@ -355,9 +361,13 @@ def cache_info(cache_dir: Path | None) -> None:
     """Where the feature cache is, how many entries it holds and their size."""
     from .feature_cache import FeatureCache
 
-    entries = FeatureCache(cache_dir).entries()
+    store = FeatureCache(cache_dir)
+    if not store.root.is_dir():
+        click.echo(f"feature cache: {store.root} (does not exist yet: it is made when a run first writes to it)")
+        return
+    entries = store.entries()
     size = sum(p.stat().st_size for p in entries)
-    click.echo(f"feature cache: {FeatureCache(cache_dir).root}\nentries: {len(entries)} layer RDM(s), {_size(size)}")
+    click.echo(f"feature cache: {store.root}\nentries: {len(entries)} layer RDM(s), {_size(size)}")
 
 
 @cache.command("clear")
@@ -367,6 +377,9 @@ def cache_clear(cache_dir: Path | None) -> None:
     from .feature_cache import FeatureCache
 
     store = FeatureCache(cache_dir)
+    if not store.root.is_dir():
+        click.echo(f"nothing to clear: {store.root} does not exist")
+        return
     try:
         removed, size = store.clear()
     except OSError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,9 @@ import numpy as np
 
 FORMAT = "rsabench.feature-rdm/1"
 SUFFIX = ".safetensors"
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_ENTRY = re.compile(r"([0-9a-f]{64})\.safetensors")
+_TEMP = re.compile(r"\.([0-9a-f]{64})\.safetensors\..+\.tmp")
 
 
 def default_dir() -> Path:
@@ -94,20 +98,24 @@ class FeatureCache:
             return None
         try:
             header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]) if len(data) >= 8 else None
-            meta = (header or {}).get("__metadata__", {})
+            meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
             tri = load(data)["rdm"]
             problem = None
-            if meta.get("format") != FORMAT or meta.get("key") != key:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("key") != key:
                 problem = "another format or key"
             elif tri.dtype != np.float32 or tri.shape != (n * (n - 1) // 2,):
                 problem = f"an RDM of the wrong shape {tri.shape}"
             elif hashlib.sha256(tri.tobytes()).hexdigest() != meta.get("sha256"):
                 problem = "bytes that do not match their digest"
-        except (SafetensorError, ValueError, KeyError, TypeError) as exc:
-            problem = f"not a safetensors file ({str(exc).splitlines()[0][:80]})"
+        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            problem = f"not a safetensors file ({(str(exc).splitlines() or [type(exc).__name__])[0][:80]})"
         if problem:
-            self.note(f"feature cache entry {path}: {problem} (corrupt or truncated); removed and recomputed")
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+                done = "removed and recomputed"
+            except OSError as exc:
+                done = f"recomputed (it cannot be removed: {exc.strerror})"
+            self.note(f"feature cache entry {path}: {problem} (corrupt or truncated); {done}")
             return None
         rdm = np.zeros((n, n), dtype=np.float32)
         i, j = np.triu_indices(n, 1)
@@ -152,17 +160,31 @@ class FeatureCache:
                 self.note(f"feature cache {self.root}: cannot write ({exc.strerror}); features are computed without it")
                 return
 
+    def _own_files(self, temporary: bool) -> list[Path]:
+        """Entry files (``ab/ab<62 hex>.safetensors``), or the temp files of unfinished writes of them;
+        nothing else under ``root`` is ever counted or removed."""
+        if not self.root.is_dir():
+            return []
+        pattern = _TEMP if temporary else _ENTRY
+        return sorted(
+            p
+            for folder in self.root.iterdir()
+            if _SHARD.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink()
+            for p in folder.iterdir()
+            if (m := pattern.fullmatch(p.name)) and m.group(1).startswith(folder.name) and p.is_file()
+        )
+
     def entries(self) -> list[Path]:
-        return sorted(self.root.glob(f"??/*{SUFFIX}")) if self.root.is_dir() else []
+        return self._own_files(temporary=False)
 
     def clear(self) -> tuple[int, int]:
-        """Remove every entry (and leftover temp files); returns (files, bytes) removed."""
+        """Remove every entry (and leftover temp files of entries); returns (files, bytes) removed."""
         removed, size = 0, 0
-        for path in [*self.entries(), *(self.root.glob("??/.*.tmp") if self.root.is_dir() else [])]:
+        for path in [*self.entries(), *self._own_files(temporary=True)]:
             size += path.stat().st_size
             path.unlink(missing_ok=True)
             removed += 1
-        for folder in self.root.glob("??") if self.root.is_dir() else []:
-            if folder.is_dir() and not any(folder.iterdir()):
+        for folder in self.root.iterdir() if self.root.is_dir() else []:
+            if _SHARD.fullmatch(folder.name) and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         return removed, size

@@ -168,12 +168,29 @@ def validate_config(doc: Any) -> dict[str, Any]:
 
 
 def parse_strict_json(text: str) -> Any:
-    """JSON without the NaN / Infinity tokens that strict parsers reject; ValueError otherwise."""
+    """Strict JSON: no NaN / Infinity tokens, no number that overflows to infinity, no key given twice in
+    an object, no nesting deeper than Python can parse; ValueError naming the problem otherwise."""
 
     def refuse(token: str) -> Any:
         raise ValueError(f"non-standard JSON token {token}")
 
-    return json.loads(text, parse_constant=refuse)
+    def finite(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"number {token[:20]} overflows a float")
+        return value
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            twice = next(k for k in out if sum(1 for key, _ in pairs if key == k) > 1)
+            raise ValueError(f"key {twice!r} given twice in one object")
+        return out
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_float=finite, object_pairs_hook=unique)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def load_record(path: Path) -> dict[str, Any]:

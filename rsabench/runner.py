@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .cell import Runtime, code_of, describe, execute, resolve_device
+from .cell import Runtime, check_image_size, code_of, describe, execute, resolve_device
 from .dataset import Dataset
 from .errors import UsageError
 from .feature_cache import FeatureCache
@@ -21,6 +21,7 @@ from .options import route_options
 from .plugins import Plugins
 from .records import config_hash, read_record, record_path
 from .registry import accepted_options
+from .scoring import BOOTSTRAP_SAMPLES
 from .settings import DEFAULTS as D
 from .settings import OPTION_FIELDS, TRAIN_FIELDS
 from .workspace import Reporter, Workspace
@@ -106,8 +107,9 @@ class RunOptions:
                 f"invalid --trainable {self.trainable!r}: expected all, none, up-to:<layer> or from:<layer>"
             )
         self.train_settings().validate()
-        if self.amp != "off" and self.device == "cpu":
-            raise UsageError(f"--amp {self.amp} needs a CUDA device; use --amp off with --device cpu")
+        device = resolve_device(self.device)  # a CUDA device that is not there is refused here, before any cell
+        if self.amp != "off" and not device.startswith("cuda"):
+            raise UsageError(f"--amp {self.amp} needs a CUDA device, and cells run on {device}; use --amp off")
 
 
 @dataclass
@@ -238,7 +240,7 @@ class Session(Workspace):
             "data_checksums": self.data_checksums(ds),
             "target": target,
             "backbone": backbone,
-            "weights": o.weights if weights_path is None else str(weights_path),
+            "weights": o.weights if weights_path is None else str(weights_path.resolve()),
             "weights_sha256": DigestCache().digest(weights_path) if weights_path else None,
             "objective": objective,
             "objective_options": obj.options(),
@@ -256,7 +258,7 @@ class Session(Workspace):
                 "val_fraction": o.val_fraction,
                 "test_fraction": o.test_fraction if not ds.test_splits else None,
             },
-            "bootstrap": {"seed": o.bootstrap_seed, "samples": 1000},
+            "bootstrap": {"seed": o.bootstrap_seed, "samples": BOOTSTRAP_SAMPLES},
         }
         config["code"] = code_of(self.plugins, config)
         return config
@@ -301,36 +303,3 @@ def check_writable(directory: Path, option: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UsageError(f"{option} {directory}: not a writable directory ({reason})") from None
-
-
-def check_image_size(
-    built: Any,
-    layers: list[str],
-    size: int,
-    backbone: str,
-    batch_size: int = 1,
-    n_images: int = 1,
-    trains: bool = False,
-    device: str = "cpu",
-) -> None:
-    """Shapes of a forward pass at ``size`` (meta device): UsageError if the network cannot take that size,
-    or if a cell would need more memory than ``device`` has free."""
-    from .memory import available_bytes, gib, needed_bytes, profile
-
-    try:
-        shapes = profile(built.model, layers, size)
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UsageError(
-            f"--image-size {size}: backbone {backbone} cannot take {size}x{size} images through its layers ({first}); "
-            "use a larger --image-size"
-        ) from None
-    need, free = needed_bytes(shapes, batch_size, n_images, trains), available_bytes(device)
-    if free is not None and need > free:
-        raise UsageError(
-            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of "
-            "memory "
-            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} "
-            "are free; "
-            "use a smaller --image-size, --batch-size or fewer --layer"
-        )

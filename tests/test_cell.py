@@ -125,6 +125,14 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
         (lambda c: c["split"].update(seed="3"), "config.split.seed has the wrong type (str, expected integer)"),
         (lambda c: c.update(trains=True), "config.train has the wrong type"),
         (lambda c: c["code"].update(rsabench="0.0.0"), "this cell's config was resolved with code"),
+        (lambda c: c.update(extra_key=1), "Additional properties are not allowed ('extra_key' was unexpected)"),
+        (lambda c: c["bootstrap"].update(samples=10**9), "config.bootstrap.samples"),
+        (lambda c: c.update(dataset_version="2"), "config: dataset 'kriegeskorte2008' is version 1"),
+        (lambda c: c.update(conventions=["algonauts2019"]), "scored under computed; the config says"),
+        (lambda c: c.update(target="nosuch"), "config: 'nosuch' is not a target of dataset 'kriegeskorte2008'"),
+        (lambda c: c["objective_options"].update(bogus=1), "config: objective 'frozen' takes no option 'bogus'"),
+        (lambda c: c["split"].update(val_fraction=1.5), "config.split.val_fraction"),
+        (lambda c: c.update(image_size=16, layers=[]), "--image-size 16: backbone torchvision:alexnet cannot take"),
     ],
 )
 def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsys, edit, message):
@@ -153,8 +161,34 @@ def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):
     assert code == 2 and "the file's sha256 differs from the cell config's weights_sha256" in err, err
 
 
+def test_run_cell_refuses_a_record_that_is_not_what_it_says(recorded, tmp_path, capsys):
+    _, records = recorded
+    original = next(r for _, r in records if r["config"]["objective"] == "dissim")
+    for edit, message in [
+        (lambda r: r.update(schema="rsabench.cell/1"), "schema 'rsabench.cell/1', expected 'rsabench.cell/2'"),
+        (lambda r: r.update(cell="0" * 64), "its cell hash does not match its config"),
+        (lambda r: r["config"].update(seed=5), "its cell hash does not match its config"),
+        (lambda r: r["config"]["train"].clear(), "config.train"),
+    ]:
+        record = json.loads(json.dumps(original))
+        edit(record)
+        path = tmp_path / "record.json"
+        path.write_text(json.dumps(record))
+        code, err = run_cli(capsys, ["run-cell", str(path), "--runs-dir", str(tmp_path / "out")])
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))
+
+
 @pytest.mark.parametrize(
-    "text, message", [("{", "not valid JSON"), ('{"a": NaN}', "not valid JSON"), ("[]", "config has the wrong type (list, expected object)")]
+    "text, message",
+    [
+        ("{", "not valid JSON"),
+        ('{"a": NaN}', "not valid JSON"),
+        ('{"a": 1e999}', "number 1e999 overflows a float"),
+        ('{"a": 1, "a": 2}', "key 'a' given twice in one object"),
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
+        ("[]", "config has the wrong type (list, expected object)"),
+    ],
 )
 def test_run_cell_refuses_what_is_not_a_config(tmp_path, capsys, text, message):
     config_file = tmp_path / "config.json"

@@ -110,7 +110,7 @@ def test_a_changed_image_misses(tmp_path):
     )
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "list-header"])
 def test_a_damaged_entry_is_reported_once_removed_and_recomputed(tmp_path, damage):
     cache = tmp_path / "cache"
     good, _ = run(tmp_path, cache)
@@ -122,6 +122,8 @@ def test_a_damaged_entry_is_reported_once_removed_and_recomputed(tmp_path, damag
         data[-3] ^= 0x40  # a payload byte: the file still parses, its digest no longer matches
     elif damage == "garbage":
         data = bytearray(b"not a safetensors file at all")
+    elif damage == "list-header":
+        data = bytearray((5).to_bytes(8, "little") + b"[1,2]")
     else:
         data = bytearray()
     victim.write_bytes(bytes(data))
@@ -155,6 +157,24 @@ def test_cache_info_and_clear(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"entries: {n} layer RDM(s)" in out and f"removed {n} file(s)" in out
     assert FeatureCache(cache).entries() == []
+
+
+def test_cache_clear_removes_only_its_own_entries(tmp_path, capsys):
+    from rsabench.cli import main
+
+    cache = tmp_path / "cache"
+    run(tmp_path, cache)
+    entries = FeatureCache(cache).entries()
+    strangers = [cache / "ab", cache / "xy" / "model.safetensors", cache / "xy" / ".notes.tmp", cache / "keep.txt"]
+    strangers[0].mkdir()
+    strangers[1].parent.mkdir()
+    for path in strangers[1:]:
+        path.write_text("not rsabench's")
+    main(["cache", "clear", "--cache-dir", str(cache)])
+    assert f"removed {len(entries)} file(s)" in capsys.readouterr().out
+    assert all(p.exists() for p in strangers[1:]) and not any(p.exists() for p in entries)
+    main(["cache", "info", "--cache-dir", str(tmp_path / "nowhere")])
+    assert "does not exist yet" in capsys.readouterr().out
 
 
 def test_the_upper_triangle_round_trips_exactly(tmp_path):

@@ -211,14 +211,15 @@ def test_amp_on_cpu_is_refused(amp, capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_amp_with_device_auto_on_a_cpu_machine_fails_before_training(tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device auto is CUDA here")
+def test_amp_with_device_auto_on_a_cpu_machine_fails_before_any_cell(tmp_path):
     from rsabench.plugins import get_plugins
     from rsabench.runner import RunOptions, Session
 
     session = Session(get_plugins(), RunOptions(weights="random", epochs=1, image_size=32, amp="bf16", device="auto"))
-    [cell] = session.plan(["kriegeskorte2008"], ["alexnet"], ["dissim"], [0], [], tmp_path)
-    with pytest.raises(UsageError, match="--amp bf16 needs a CUDA device, but this cell runs on cpu"):
-        session.run(cell)
+    with pytest.raises(UsageError, match="--amp bf16 needs a CUDA device, and cells run on cpu"):
+        session.plan(["kriegeskorte2008"], ["alexnet"], ["frozen", "dissim"], [0], [], tmp_path)
+    assert not list(tmp_path.rglob("*.json"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -567,7 +568,6 @@ def test_what_enters_the_cell_hash(tmp_path):
     base = cell_of()
     for change in (
         {"grad_clip": 0.5},
-        {"amp": "bf16"},
         {"adapt_bn": True},
         {"lr_schedule": "constant"},
         {"warmup_epochs": 1},
@@ -575,6 +575,8 @@ def test_what_enters_the_cell_hash(tmp_path):
         assert cell_of(**change) != base, change
     for same in ({"channels_last": True}, {"keep_checkpoints": True}, {"lr_gamma": 0.5}, {"device": "cpu"}):
         assert cell_of(**same) == base, same
+    # --amp needs CUDA to plan at all; that it enters the hash is that it is in the config's train settings
+    assert TrainSettings(amp="bf16").config()["amp"] == "bf16" != TrainSettings().config()["amp"]
     step = cell_of(lr_schedule="step")
     assert cell_of(lr_schedule="step", lr_step=1) == step  # the automatic step for 3 epochs is 1
     assert cell_of(lr_schedule="step", lr_gamma=0.5) != step
