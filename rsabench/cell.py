@@ -74,11 +74,9 @@ def check_image_size(
     need, free = needed_bytes(shapes, batch_size, n_images, trains), available_bytes(device)
     if free is not None and need > free:
         raise UsageError(
-            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} of "
-            "memory "
-            f"on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), {gib(free)} "
-            "are free; "
-            "use a smaller --image-size, --batch-size or fewer --layer"
+            f"--image-size {size} with --batch-size {batch_size}: a {backbone} cell needs at least {gib(need)} "
+            f"of memory on {device} (activations, features of {n_images} images{', gradients' if trains else ''}), "
+            f"{gib(free)} are free; use a smaller --image-size, --batch-size or fewer --layer"
         )
 
 
