@@ -107,12 +107,26 @@ def _param_type(setting: Any) -> Any:
     return types[s.kind]() if s.kind in types else None
 
 
+def _float_range(s: Any) -> str:
+    """`` [0<x<=1]`` for a bounded float option (Click shows integer ranges itself)."""
+    if s.kind != "float" or (s.low is None and s.high is None):
+        return ""
+    lo = "" if s.low is None else f"{s.low:g}{'<' if s.low_open else '<='}"
+    hi = "" if s.high is None else f"{'<' if s.high_open else '<='}{s.high:g}"
+    return f"  [{lo}x{hi}]"
+
+
 def click_option(setting: Any) -> Callable:
     """The Click option of one :class:`rsabench.settings.Setting`."""
     s = setting
     decls = [f"{s.option}/--no-{s.option[2:]}"] if s.kind == "bool-pair" else [s.option]
     metavar = s.metavar or ("N" if s.kind in ("int", "seed") else None)
-    kwargs: dict[str, Any] = {"help": s.help, "group": s.group, "cls": GroupedOption, "metavar": metavar}
+    kwargs: dict[str, Any] = {
+        "help": s.help + _float_range(s),
+        "group": s.group,
+        "cls": GroupedOption,
+        "metavar": metavar,
+    }
     if s.kind == "flag":
         kwargs.update(is_flag=True)
     else:
@@ -402,6 +416,7 @@ def plan(**kw: Any) -> None:
 
     session = _session(kw)
     cells = _plan(session, kw)
+    session.plugins.executors.get(kw["executor"])  # an unknown executor is an error here too, as in run
     table = Table(title="rsabench plan")
     for col in ("dataset", "target", "backbone", "objective", "seed", "status", "cell"):
         table.add_column(col)
