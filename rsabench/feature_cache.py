@@ -13,6 +13,7 @@ recomputed — never used.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -23,6 +24,7 @@ import numpy as np
 
 FORMAT = "rsabench.feature-rdm/1"
 SUFFIX = ".safetensors"
+_CACHE_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _ENTRY = re.compile(r"([0-9a-f]{64})\.safetensors")
 _TEMP = re.compile(r"\.([0-9a-f]{64})\.safetensors\..+\.tmp")
@@ -80,6 +82,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.unwritable = False
+        self._entry_failed = False  # noted once: later entries that cannot be written are skipped quietly
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{SUFFIX}"
@@ -156,9 +159,15 @@ class FeatureCache:
                 with atomic_open(self._path(key), "wb") as fh:
                     fh.write(save({"rdm": tri}, metadata=meta))
             except OSError as exc:
-                self.unwritable = True
-                self.note(f"feature cache {self.root}: cannot write ({exc.strerror}); features are computed without it")
-                return
+                if exc.errno in _CACHE_UNWRITABLE:  # the whole cache: stop trying for this process
+                    self.unwritable = True
+                    self.note(
+                        f"feature cache {self.root}: cannot write ({exc.strerror}); features are computed without it"
+                    )
+                    return
+                if not self._entry_failed:  # one entry (e.g. a folder in its place, a race): skip it
+                    self._entry_failed = True
+                    self.note(f"feature cache entry {self._path(key)}: cannot write ({exc.strerror}); not cached")
 
     def _own_files(self, temporary: bool) -> list[Path]:
         """Entry files (``ab/ab<62 hex>.safetensors``), or the temp files of unfinished writes of them;

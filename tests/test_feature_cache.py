@@ -159,6 +159,15 @@ def test_cache_info_and_clear(tmp_path, capsys):
     assert FeatureCache(cache).entries() == []
 
 
+def test_one_entry_that_cannot_be_written_leaves_the_others_cached(tmp_path):
+    store = FeatureCache(tmp_path, note=(notes := []).append)
+    rdm = np.zeros((3, 3), dtype=np.float32)
+    (tmp_path / "aa" / ("a" * 64 + ".safetensors")).mkdir(parents=True)  # a folder where entry a would go
+    store.put(["a" * 64, "b" * 64], np.stack([rdm, rdm]), {})
+    assert not store.unwritable and store.get(["b" * 64], 3) is not None
+    assert len(notes) == 1 and "cannot write" in notes[0] and "not cached" in notes[0]
+
+
 def test_cache_clear_removes_only_its_own_entries(tmp_path, capsys):
     from rsabench.cli import main
 
