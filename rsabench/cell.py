@@ -81,9 +81,14 @@ def check_image_size(
 
 
 def resolve_device(option: str) -> str:
-    """``auto`` → ``cuda`` where available, else ``cpu``; a CUDA device that is not there is a usage error."""
+    """``auto`` → ``cuda`` where available, else ``cpu``; anything but ``auto``, ``cpu`` or ``cuda[:N]``, or
+    a CUDA device that is not there, is a usage error."""
+    import re
+
     import torch
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", option):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {option!r}")
     if option == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if option.startswith("cuda") and not torch.cuda.is_available():

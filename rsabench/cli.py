@@ -349,8 +349,7 @@ def run_cell_cmd(
         batch_size=batch_size or runtime.batch_size,
         channels_last=runtime.channels_last,
     )
-    if runtime.device not in ("auto", "cpu") and not runtime.device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {runtime.device!r}")
+    runtime.resolved_device()  # a malformed or absent device is refused before anything is written
     path = record_path(runs_dir, config, config_hash(config))
     check_writable(path.parent, "--runs-dir")
     reporter = RichReporter()

@@ -96,8 +96,6 @@ class RunOptions:
             or self.val_fraction + self.test_fraction >= 1
         ):
             raise UsageError("--val-fraction and --test-fraction must lie in (0, 1) and sum to less than 1")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise UsageError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         repeated = sorted({layer for layer in self.layers if self.layers.count(layer) > 1})
         if repeated:
             raise UsageError(f"--layer {repeated[0]}: given twice")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 from rsabench.cli import main
 from rsabench.plugins import get_plugins
@@ -104,15 +105,6 @@ def test_the_record_runtime_is_what_is_not_hashed(recorded):
         assert record["config"]["split"]["seed"] == 3 and record["config"]["bootstrap"]["seed"] == 5
 
 
-def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -141,7 +133,7 @@ def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsy
     edit(record["config"])
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(record["config"]))
-    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list((tmp_path / "out").rglob("*.json")) if (tmp_path / "out").exists() else True
 
@@ -157,7 +149,7 @@ def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):
     record["config"].update(weights=str(weights), weights_sha256="0" * 64)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(record["config"]))
-    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
     assert code == 2 and "the file's sha256 differs from the cell config's weights_sha256" in err, err
 
 
@@ -174,7 +166,7 @@ def test_run_cell_refuses_a_record_that_is_not_what_it_says(recorded, tmp_path, 
         edit(record)
         path = tmp_path / "record.json"
         path.write_text(json.dumps(record))
-        code, err = run_cli(capsys, ["run-cell", str(path), "--runs-dir", str(tmp_path / "out")])
+        code, _, err = run_cli(capsys, ["run-cell", str(path), "--runs-dir", str(tmp_path / "out")])
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))
 
@@ -193,7 +185,7 @@ def test_run_cell_refuses_a_record_that_is_not_what_it_says(recorded, tmp_path, 
 def test_run_cell_refuses_what_is_not_a_config(tmp_path, capsys, text, message):
     config_file = tmp_path / "config.json"
     config_file.write_text(text)
-    code, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
     assert code == 2 and message in err and str(config_file) in err, err
 
 

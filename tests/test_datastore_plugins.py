@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 
 from rsabench import datastore
 from rsabench import plugins as plugins_module
-from rsabench.cli import main
 from rsabench.dataset import Dataset, DataSource, StimulusGroup, Target, with_data
 from rsabench.errors import DataError, UsageError
 from rsabench.hookspecs import hookimpl
@@ -73,16 +73,6 @@ def toy(monkeypatch):
     built = build_plugins(extra={"toy": ToyPlugin()})
     monkeypatch.setattr(plugins_module, "get_plugins", lambda: built)
     return built
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_registration_is_lazy_and_keeps_the_factory(toy):

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from rsabench import plugins as plugins_module
-from rsabench.cli import main
 from rsabench.dataset import Dataset
 from rsabench.hookspecs import hookimpl
 from rsabench.plugins import build_plugins
@@ -360,16 +360,6 @@ CASES = [
     ("list-layers-no-backbone", ["list", "layers"], 2, "name a backbone"),
     ("list-unknown-kind", ["list", "widgets"], 2, "'widgets' is not one of 'datasets'"),
 ]
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def files_under(path: Path) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from importlib.resources import files
 
 import jsonschema
@@ -64,5 +65,5 @@ def test_the_schema_names_what_is_wrong(written, damage, message):
     damage(doc)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, SCHEMA_DOC, cls=jsonschema.Draft202012Validator)
-    with pytest.raises(InvalidRecord, match="^" + __import__("re").escape(message)):
+    with pytest.raises(InvalidRecord, match="^" + re.escape(message)):
         validate_record(doc)

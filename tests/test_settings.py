@@ -9,7 +9,7 @@ import click
 from click.testing import CliRunner
 
 from rsabench import settings
-from rsabench.cli import cli
+from rsabench.cli import cli, run_options
 from rsabench.runner import RunOptions
 from rsabench.training import AMP_MODES, LR_SCHEDULES, OPTIMIZERS, TrainSettings
 
@@ -52,20 +52,17 @@ def test_run_help_lists_options_by_group_in_order():
     heads = [f"{g.capitalize()} options:" for g in settings.GROUPS]
     positions = [out.index(h) for h in heads]
     assert positions == sorted(positions)
-    for s in settings.SETTINGS:  # each option sits in its own group's section
+    for s in settings.SETTINGS:  # each option sits in its own group's section: the last heading above it
         at = out.index(f"  {s.option} ")
-        section = max(h for h in heads if out.index(h) < at)
-        assert max((out.index(h), h) for h in heads if out.index(h) < at)[1] == f"{s.group.capitalize()} options:", (
-            s.option,
-            section,
-        )
+        _, section = max((out.index(h), h) for h in heads if out.index(h) < at)
+        assert section == f"{s.group.capitalize()} options:", s.option
 
 
 def test_the_command_line_defaults_reach_run_options_unchanged():
     seen = {}
 
     @click.command()
-    @__import__("rsabench.cli", fromlist=["run_options"]).run_options
+    @run_options
     def probe(**kw):
         seen.update(kw)
 

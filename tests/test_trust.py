@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from algonauts_fixture import make_release
+from cli_helpers import run_cli
 
 from rsabench import records
-from rsabench.cli import main
 from rsabench.errors import CellFailure, DataError
 from rsabench.hookspecs import hookimpl
 from rsabench.plugins import build_plugins, get_plugins
@@ -30,16 +30,6 @@ from rsabench.runner import RunOptions, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--weights", "random", "--image-size", "32", "--epochs", "1", "--layer", "features.1", "--layer", "features.4"]
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def strict_load(path: Path) -> dict:
