@@ -135,6 +135,32 @@ def test_rank_rows_both_sort_paths_equal_scipy(x):
     np.testing.assert_array_equal(rank_rows(x), rankdata(x, axis=-1))
 
 
+def _tie_rows() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    sparse = rng.permutation(300).astype(np.int64)
+    sparse[[0, 1, 2, 150, 151, 298, 299]] = [5, 5, 5, 77, 77, 9, 9]  # few ties: runs at both ends, one inside
+    return [
+        sparse,  # fewer tied entries than groups: ranks built from the tie links
+        np.round(rng.random(300) * 6).astype(np.float32),  # many ties: ranks built per group
+        np.full(50, 3.0, dtype=np.float32),  # one group
+        rng.permutation(64).astype(np.float32),  # no ties
+        np.array([1.0]),
+        np.array([2, 2]),
+        np.array([2**64 - 1, 2**64 - 3, 2**64 - 1], dtype=np.uint64),  # 32-bit keys of a small span near 2^64
+        rng.integers(-128, 127, 200).astype(np.int8),
+        rng.random(100) > 0.5,
+    ]
+
+
+@pytest.mark.parametrize("row", _tie_rows(), ids=lambda r: f"{r.dtype}-{r.size}")
+def test_doubled_ranks_and_tie_cubes_in_small_blocks(monkeypatch, row):
+    monkeypatch.setattr(rsa, "CHUNK", 4)  # blocks of 16 entries: keys, indices and the scatter cross blocks
+    ranks, cubes = rsa._doubled_ranks(row)
+    np.testing.assert_array_equal(ranks, 2 * rankdata(row))  # exact integers
+    _, sizes = np.unique(row, return_counts=True)
+    assert cubes == sum(int(t) ** 3 for t in sizes)
+
+
 def test_spearman_blocks_equal_scipy(monkeypatch):
     monkeypatch.setattr(rsa, "CHUNK", 5)
     rng = np.random.default_rng(5)
