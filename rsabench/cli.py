@@ -33,6 +33,18 @@ def _console(stderr: bool = False):
 SEED = click.IntRange(0, SEED_MAX)
 
 
+class PathArg(click.Path):
+    """A path that is never the empty string (which would silently mean the current folder)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("expected a path, got an empty string", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class FiniteFloat(click.ParamType):
     """A finite float (never NaN or inf) within optional bounds."""
 
@@ -101,8 +113,8 @@ def _param_type(setting: Any) -> Any:
         "float": lambda: FiniteFloat(s.low, s.high, s.low_open, s.high_open),
         "seed": lambda: SEED,
         "choice": lambda: click.Choice(list(s.choices)),
-        "path": lambda: click.Path(path_type=Path),
-        "dir": lambda: click.Path(file_okay=False, path_type=Path),
+        "path": lambda: PathArg(),
+        "dir": lambda: PathArg(file_okay=False),
     }
     return types[s.kind]() if s.kind in types else None
 
@@ -140,13 +152,19 @@ def click_option(setting: Any) -> Callable:
     return click.option(*decls, s.name, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
-def run_options(func: Callable) -> Callable:
-    """The options of ``run`` and ``plan``, from :data:`rsabench.settings.SETTINGS`."""
+def run_options(func: Callable, plan: bool = False) -> Callable:
+    """The options of ``run`` (or, with ``plan``, of ``plan``), from :data:`rsabench.settings.SETTINGS`."""
     from .settings import SETTINGS
 
     for setting in reversed(SETTINGS):
-        func = click_option(setting)(func)
+        if not (plan and setting.run_only):
+            func = click_option(setting)(func)
     return func
+
+
+def plan_options(func: Callable) -> Callable:
+    """The options of ``plan``: those of ``run`` less the ones that only change how cells execute."""
+    return run_options(func, plan=True)
 
 
 def _session(kw: dict[str, Any]):
@@ -286,7 +304,7 @@ MAX_CONFIG_BYTES = 64 << 20  # a record of a cell with many layers and curves is
 
 
 @cli.command("run-cell", hidden=True)
-@click.argument("config_file", metavar="CONFIG.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config_file", metavar="CONFIG.json", type=PathArg(dir_okay=False))
 @click_option(BY_NAME["runs_dir"])
 @click_option(BY_NAME["data_dir"])
 @click.option(
@@ -408,7 +426,7 @@ def _size(n_bytes: int) -> str:
 
 
 @cli.command(cls=GroupedCommand)
-@run_options
+@plan_options
 def plan(**kw: Any) -> None:
     """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
     from rich.table import Table
@@ -513,7 +531,7 @@ OUTPUT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".j
 @cli.command()
 @click.option(
     "--runs-dir",
-    type=click.Path(path_type=Path),
+    type=PathArg(),
     default=Path("runs"),
     show_default=True,
     help="directory of cell records",
@@ -527,7 +545,7 @@ OUTPUT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".j
 )
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PathArg(dir_okay=False),
     default=None,
     help="write to a file instead of stdout (written atomically)",
 )
@@ -572,7 +590,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 @cli.command()
-@click.argument("submission", type=click.Path(path_type=Path))
+@click.argument("submission", type=PathArg())
 @click.option("--dataset", required=True, metavar="NAME", help="dataset the submission answers")
 @click.option("--split", default=None, metavar="NAME", help="split or group scored (e.g. test, test2, train-92)")
 @click.option(
@@ -708,7 +726,7 @@ def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
 
 @data.command("import")
 @click.argument("name")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=PathArg())
 @click_option(BY_NAME["data_dir"])
 @click.option(
     "--no-checksums", is_flag=True, help="accept files that differ from the recorded release (invariants still apply)"

@@ -72,10 +72,11 @@ class RunOptions:
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RunOptions:
-        """Options from parsed command-line values (keyed by setting name; others are ignored)."""
+        """Options from parsed command-line values (keyed by setting name; others are ignored; a setting the
+        command does not offer, such as ``plan``'s missing ``run_only`` ones, takes its default)."""
         out = {}
         for name in OPTION_FIELDS:
-            value = values[name]
+            value = values.get(name, D[name])
             out[name] = (
                 tuple(value) if isinstance(value, (list, tuple)) else str(value) if isinstance(value, Path) else value
             )

@@ -24,7 +24,8 @@ class Setting:
     """One option. ``kind``: int, float, seed, choice, str, flag, bool-pair (``--x/--no-x``), path, dir,
     key-value (``KEY=VALUE``, repeatable). ``low``/``high`` bound numbers (``open`` excludes the bound).
     ``target`` says where the value goes: ``options`` (a :class:`RunOptions` field), ``train`` (also a
-    :class:`TrainSettings` field) or ``plan`` (a list of names the run plans over)."""
+    :class:`TrainSettings` field) or ``plan`` (a list of names the run plans over). ``plan`` does not offer
+    ``run_only`` options."""
 
     name: str
     kind: str
@@ -40,6 +41,7 @@ class Setting:
     multiple: bool = False
     flag: str | None = None  # default: --<name with - for _>
     target: str = "options"
+    run_only: bool = False  # an option of ``run`` alone: it changes how cells execute, not what ``plan`` shows
 
     @property
     def option(self) -> str:
@@ -302,6 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "keep <record>.ckpt/best.pt (the selected model) after a cell finishes; else checkpoints are deleted",
         "output",
+        run_only=True,
     ),
     # -- execution
     _s(
@@ -322,6 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "NHWC memory layout (default: on with CUDA, off on CPU; not part of the cell hash)",
         "execution",
+        run_only=True,
     ),
     _s(
         "cache_dir",

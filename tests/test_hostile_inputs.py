@@ -247,6 +247,15 @@ CASES = [
         "--runs-dir /proc/rsabench-runs: not a writable directory",
     ),
     ("runs-dir-is-a-file", ["run", *FAST, "--runs-dir", "{tmp}/a-file"], 2, "Invalid value for '--runs-dir'"),
+    ("runs-dir-empty", ["run", *FAST, "--runs-dir", ""], 2, "expected a path, got an empty string"),
+    ("cache-dir-empty", ["run", *FAST, "--cache-dir", " "], 2, "expected a path, got an empty string"),
+    (
+        "data-dir-empty",
+        ["data", "info", "kriegeskorte2008", "--data-dir", ""],
+        2,
+        "expected a path, got an empty string",
+    ),
+    ("leaderboard-runs-dir-empty", ["leaderboard", "--runs-dir", ""], 2, "expected a path, got an empty string"),
     # -- score -----------------------------------------------------------------------------------
     (
         "score-missing-file",
