@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import CellFailure, Interrupted, PluginError, UsageError
+from .errors import CellFailure, Interrupted, PluginError, SweepFailed, UsageError
 from .settings import BY_NAME, SEED_MAX
 
 DEFAULT_DATASET = "kriegeskorte2008"
@@ -278,26 +278,110 @@ def cli() -> None:
 def run(force: bool, fmt: str, **kw: Any) -> None:
     """Fine-tune and score every combination of the given datasets, backbones, objectives and seeds."""
     from .leaderboard import collect_rows
+    from .sweep import jobs_of, run_sweep, write_manifest
 
-    session = _session(kw)
-    session.force = force
-    cells = _plan(session, kw)
-    executor = session.plugins.executors.get(kw["executor"])()
-    todo = [c for c in cells if force or not c.cached]
-    session.preflight(todo, kw["runs_dir"])
+    sweep = _plan_sweep(kw)
+    executor = sweep.executor(jobs=kw["jobs"], detach=kw["detach"])
+    jobs = []
+    for session, cells in sweep.parts:
+        session.force = force
+        todo = [c for c in cells if force or not c.cached]
+        session.preflight(todo, sweep.runs_dir)
+        jobs += jobs_of(session, todo, force)
     console = _console(stderr=True)
-    console.print(f"{len(cells)} cell(s), {len(cells) - len(todo)} cached, {len(todo)} to run → {kw['runs_dir']}")
+    write_manifest(sweep.runs_dir, sweep.cells, sweep.resolved, sweep.executor_doc(kw["jobs"]))
+    at_once = f" ({kw['jobs']} at once)" if kw["jobs"] > 1 else ""
+    console.print(
+        f"{len(sweep.cells)} cell(s), {len(sweep.cells) - len(jobs)} cached, {len(jobs)} to run on "
+        f"{sweep.executor_name}{at_once} → {sweep.runs_dir}"
+    )
+    summary = run_sweep(jobs, executor, console.print, kw["fail_fast"], workspace=sweep.parts[0][0])
+    if kw["detach"]:
+        console.print(f"submitted {len(jobs)} cell(s); `rsabench status --runs-dir {sweep.runs_dir}` shows progress")
+        return
+    cells = [c.cell for c in sweep.cells]
+    _print_rows(collect_rows(sweep.runs_dir, cells=cells, warn=_warn), fmt)
+    _print_failures(sweep.runs_dir, cells)
+    if summary.failed:
+        raise SweepFailed(_failure_summary(summary, len(jobs), sweep.runs_dir))
 
-    def done(cell, record) -> None:
-        sel = record["selection"]
-        console.print(
-            f"[green]✓[/] {cell.config['dataset']} / {cell.config['target']} / {cell.config['backbone']} / "
-            f"{cell.config['objective']} / seed {cell.config['seed']}: layer {sel['layer']}, epoch {sel['epoch']} "
-            f"({record['timings']['total_s']:.1f} s)"
-        )
 
-    executor.run(session, todo, done)
-    _print_rows(collect_rows(kw["runs_dir"], cells=[c.cell for c in cells], warn=_warn), fmt)
+def _failure_summary(summary: Any, n_jobs: int, runs_dir: Path) -> str:
+    """The last line of a sweep with failures: the cause itself when one cell failed."""
+    _, first = summary.failed[0]
+    not_run = f", {summary.not_run} not run (--fail-fast)" if summary.stopped else ""
+    if len(summary.failed) == 1 and n_jobs == 1:
+        return f"{first.error} (failure record {first.path}; rerun the same command to retry)"
+    return (
+        f"{len(summary.failed)} of {n_jobs} cells failed{not_run}, the first: {first.error}; failure records beside "
+        f"the records (`rsabench status --runs-dir {runs_dir}`); rerun the same command to retry them"
+    )
+
+
+class Sweep:
+    """The cells of one command, across the combinations a sweep file asks for, and its executor."""
+
+    def __init__(self, kw: dict[str, Any]) -> None:
+        from .sweep import parse_shard, select_shard
+        from .sweepfile import apply
+
+        ctx = click.get_current_context()
+        combos, table = ([kw], {"name": None, "options": {}})
+        if kw.get("config") is not None:
+            combos, table = apply(ctx, kw, Path(kw["config"]))
+        given = ctx.get_parameter_source("executor") == click.core.ParameterSource.COMMANDLINE
+        self.executor_name = kw["executor"] if given or not table["name"] else str(table["name"])
+        self.executor_options = {**table["options"], **dict(kw["executor_options"])}
+        shard = parse_shard(combos[0]["shard"])
+        self.runs_dir = Path(combos[0]["runs_dir"])
+        self.parts: list[tuple[Any, list]] = []
+        seen: set[str] = set()
+        for values in combos:
+            session = _session(values)
+            cells = [c for c in _plan(session, values) if c.cell not in seen]
+            seen.update(c.cell for c in cells)
+            self.parts.append((session, cells))
+        chosen = {c.cell for c in select_shard([c for _, cells in self.parts for c in cells], shard)}
+        self.parts = [(session, [c for c in cells if c.cell in chosen]) for session, cells in self.parts]
+        self.cells = [c for _, cells in self.parts for c in cells]
+        self.resolved = {"combinations": [{k: v for k, v in values.items() if k != "config"} for values in combos]}
+        self.factory = self.parts[0][0].plugins.executors.get(self.executor_name)
+
+    def executor(self, jobs: int = 1, detach: bool = False) -> Any:
+        try:
+            return self.factory(jobs=jobs, log_dir=self.runs_dir / "logs", detach=detach, **self.executor_options)
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                f"--executor {self.executor_name}: needs the Python package {exc.name!r} "
+                f"(pip install 'rsabench[{self.executor_name}]')"
+            ) from None
+
+    def executor_doc(self, jobs: int) -> dict[str, Any]:
+        return {"name": self.executor_name, "options": self.executor_options, "jobs": jobs}
+
+
+def _plan_sweep(kw: dict[str, Any]) -> Sweep:
+    return Sweep(kw)
+
+
+def _print_failures(runs_dir: Path, cells: list[str] | None = None) -> None:
+    """A table of the failed cells (of ``cells``, else all under ``runs_dir``), if any."""
+    from rich.table import Table
+
+    from .cell import describe
+    from .sweep import failures_under
+
+    failures = failures_under(runs_dir, cells)
+    if not failures:
+        return
+    table = Table(title=f"failed cells ({len(failures)})", title_style="bold red")
+    for col in ("cell", "error", "failure record"):
+        table.add_column(col, overflow="fold")
+    for doc in failures:
+        config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+        label = describe(config) if config else str(doc.get("cell", ""))[:12]
+        table.add_row(label, str(doc.get("error", {}).get("line", "")), doc["failure_record"])
+    _console().print(table)
 
 
 MAX_CONFIG_BYTES = 64 << 20  # a record of a cell with many layers and curves is well under 1 MiB
@@ -431,9 +515,9 @@ def plan(**kw: Any) -> None:
     """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
     from rich.table import Table
 
-    session = _session(kw)
-    cells = _plan(session, kw)
-    session.plugins.executors.get(kw["executor"])  # an unknown executor is an error here too, as in run
+    sweep = _plan_sweep(kw)
+    sweep.executor()  # an unknown executor or executor option is an error here too, as in run
+    cells = sweep.cells
     table = Table(title="rsabench plan")
     for col in ("dataset", "target", "backbone", "objective", "seed", "status", "cell"):
         table.add_column(col)
@@ -456,6 +540,42 @@ def plan(**kw: Any) -> None:
         f"{len(cells)} cell(s): {len(cells) - len(todo)} cached, {len(todo)} to run ({trains} train for {kw['epochs']} "
         "epoch(s) each)"
     )
+
+
+@cli.command()
+@click_option(BY_NAME["runs_dir"])
+@click.option("--all", "show_all", is_flag=True, help="list every cell, done ones included")
+def status(runs_dir: Path, show_all: bool) -> None:
+    """Done, failed, running and pending cells of the sweeps recorded under a runs dir."""
+    from rich.table import Table
+
+    from .jobs import read_failure
+    from .sweep import STATUSES, read_manifests, sweep_status
+
+    if not runs_dir.is_dir():
+        raise UsageError(f"--runs-dir {runs_dir}: no such directory (run `rsabench run` first)")
+    if not read_manifests(runs_dir):
+        raise UsageError(
+            f"--runs-dir {runs_dir}: no sweep manifests in {runs_dir / 'sweeps'} (run `rsabench run` first)"
+        )
+    rows = sweep_status(runs_dir)
+    counts = {state: sum(1 for _, s in rows if s == state) for state in STATUSES}
+    shown = [(entry, state) for entry, state in rows if show_all or state != "done"]
+    if shown:
+        table = Table(title=f"rsabench status: {runs_dir}")
+        for col in ("status", "dataset", "target", "backbone", "objective", "seed", "cell", "detail"):
+            table.add_column(col, overflow="fold")
+        order = {state: k for k, state in enumerate(("failed", "running", "pending", "done"))}
+        for entry, state in sorted(shown, key=lambda row: order[row[1]]):
+            record = runs_dir / str(entry.get("record", ""))
+            failure = read_failure(record) if state == "failed" else None
+            detail = failure["error"]["line"] if failure else str(entry.get("record", "")) if state == "done" else ""
+            style = {"failed": "red", "running": "yellow", "done": "green"}.get(state, "")
+            cells = [str(entry.get(k, "")) for k in ("dataset", "target", "backbone", "objective", "seed")]
+            table.add_row(f"[{style}]{state}[/]" if style else state, *cells, str(entry["cell"])[:12], detail)
+        _console().print(table)
+    summary = ", ".join(f"{counts[state]} {state}" for state in STATUSES)
+    _console().print(f"{len(rows)} cell(s): {summary}")
 
 
 @cli.command("list")
@@ -793,7 +913,7 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, Interrupted, click.Abort) as exc:
         _interrupted(exc)
-    except (CellFailure, PluginError) as exc:
+    except (CellFailure, PluginError, SweepFailed) as exc:
         click.echo(f"failed: {_one_line(exc)}", err=True)
         sys.exit(1)
     except Exception as exc:  # a bug or an environment failure, not a user mistake

@@ -3,6 +3,7 @@
 - :class:`UsageError` (and :class:`DataError`): the user's mistake; one line on stderr, exit 2, nothing written.
 - :class:`CellFailure`: a cell cannot produce an honest number (training diverged, non-finite weights or
   features, a constant model RDM); one line naming the cause, exit 1, no record.
+- :class:`SweepFailed`: some cells of a sweep failed (their failure records name the causes); exit 1.
 - :class:`PluginError`: a plugin broke its contract (wrong return type, bad name); one line naming the
   plugin, exit 1.
 - :class:`Interrupted`: SIGINT or SIGTERM arrived; exit 128 + signal number.
@@ -23,6 +24,10 @@ class DataError(UsageError):
 
 class CellFailure(Exception):
     """A cell ran but its model is broken: it gets this failure, never a number."""
+
+
+class SweepFailed(Exception):
+    """Some cells of a sweep failed (each has its failure record); the others ran. Exit 1."""
 
 
 class PluginError(Exception):

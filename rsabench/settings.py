@@ -24,8 +24,9 @@ class Setting:
     """One option. ``kind``: int, float, seed, choice, str, flag, bool-pair (``--x/--no-x``), path, dir,
     key-value (``KEY=VALUE``, repeatable). ``low``/``high`` bound numbers (``open`` excludes the bound).
     ``target`` says where the value goes: ``options`` (a :class:`RunOptions` field), ``train`` (also a
-    :class:`TrainSettings` field) or ``plan`` (a list of names the run plans over). ``plan`` does not offer
-    ``run_only`` options."""
+    :class:`TrainSettings` field), ``plan`` (a list of names the run plans over) or ``sweep`` (how the
+    sweep as a whole runs: read by the command, never part of a cell). ``plan`` does not offer ``run_only``
+    options."""
 
     name: str
     kind: str
@@ -335,6 +336,64 @@ SETTINGS: tuple[Setting, ...] = (
         "execution",
     ),
     _s("no_cache", "flag", False, "compute every RDM; neither read nor write the feature cache", "execution"),
+    _s(
+        "jobs",
+        "int",
+        1,
+        "cells at once (local: worker processes, each with its share of the CPU threads; slurm: array tasks)",
+        "execution",
+        low=1,
+        target="sweep",
+        run_only=True,
+    ),
+    _s(
+        "executor_options",
+        "key-value",
+        (),
+        "an option of the executor, KEY=VALUE (repeatable; `rsabench list executors` names them)",
+        "execution",
+        flag="--executor-option",
+        multiple=True,
+        metavar="KEY=VALUE",
+        target="sweep",
+    ),
+    _s(
+        "shard",
+        "str",
+        None,
+        "run only shard I of N: every N-th cell in the order of the cell hashes (1 <= I <= N)",
+        "execution",
+        metavar="I/N",
+        target="sweep",
+    ),
+    _s(
+        "fail_fast",
+        "flag",
+        False,
+        "stop the sweep at the first failing cell (default: record the failure and go on)",
+        "execution",
+        target="sweep",
+        run_only=True,
+    ),
+    _s(
+        "detach",
+        "flag",
+        False,
+        "return once the cells are submitted (slurm); `rsabench status` or the same command collects them",
+        "execution",
+        target="sweep",
+        run_only=True,
+    ),
+    _s(
+        "config",
+        "path",
+        None,
+        "a sweep file (TOML): the options' keys, lists for every combination, an [executor] table; "
+        "options given on the command line override it",
+        "execution",
+        metavar="SWEEP.toml",
+        target="sweep",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -88,20 +88,25 @@ def check_metric(factory: Any) -> None:
     np.testing.assert_allclose(got, want, atol=1e-10)
 
 
-def check_executor(factory: Any) -> None:
-    """An executor runs every cell given to it once and reports each."""
-
-    class FakeSession:
-        def __init__(self) -> None:
-            self.ran: list[int] = []
-
-        def run(self, cell: Any) -> dict:
-            self.ran.append(cell)
-            return {"cell": cell}
-
-    session, seen = FakeSession(), []
-    factory().run(session, [1, 2, 3], lambda cell, record: seen.append((cell, record["cell"])))
-    assert sorted(session.ran) == [1, 2, 3] and sorted(seen) == [(1, 1), (2, 2), (3, 3)]
+def check_executor(factory: Any, log_dir: Path) -> None:
+    """An executor is built from ``jobs``, ``log_dir``, ``detach`` and its declared ``OPTIONS`` (each with help and
+    a default), refuses an option it does not declare with a usage error, and runs an empty job list without
+    reporting anything. (Running real cells is each executor's own test: ``tests/test_executors.py``.)"""
+    executor = factory(jobs=1, log_dir=log_dir, detach=False)
+    options = getattr(executor, "OPTIONS", None)
+    assert isinstance(options, dict), "an executor declares OPTIONS: name -> ExecutorOption"
+    for key, option in options.items():
+        assert option.help.strip(), f"option {key!r} has no help"
+        assert executor.options[key] == option.default
+    try:
+        factory(jobs=1, log_dir=log_dir, no_such_option="1")
+    except UsageError as exc:
+        assert "no_such_option" in str(exc)
+    else:
+        raise AssertionError("an unknown executor option was accepted")
+    seen: list[Any] = []
+    executor.run([], lambda job, outcome: seen.append(job) or True)
+    assert not seen
 
 
 def skip_reason(exc: Exception) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rsabench.cli import main
 
 
@@ -14,3 +16,15 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def record_files(runs: Path) -> list[Path]:
+    """The cell records under a runs dir (not sweep manifests, not failure records)."""
+    runs = Path(runs)
+    if not runs.exists():
+        return []
+    return sorted(
+        p
+        for p in runs.rglob("*.json")
+        if p.relative_to(runs).parts[0] != "sweeps" and not p.name.endswith(".failed.json")
+    )

@@ -54,5 +54,5 @@ def test_metric_contract(name):
 
 
 @pytest.mark.parametrize("name", PLUGINS.executors.names())
-def test_executor_contract(name):
-    testing.check_executor(PLUGINS.executors.get(name))
+def test_executor_contract(name, tmp_path):
+    testing.check_executor(PLUGINS.executors.get(name), tmp_path / "logs")

@@ -73,6 +73,6 @@ def test_the_command_line_defaults_reach_run_options_unchanged():
 def test_plan_offers_every_run_option_but_those_that_only_change_execution():
     plan_help = CliRunner().invoke(cli, ["plan", "--help"], env={"COLUMNS": "200"}).output
     run_only = {s.option for s in settings.SETTINGS if s.run_only}
-    assert run_only == {"--keep-checkpoints", "--channels-last"}
+    assert run_only == {"--keep-checkpoints", "--channels-last", "--jobs", "--fail-fast", "--detach"}
     for s in settings.SETTINGS:
         assert (f"  {s.option} " in plan_help) != s.run_only, s.option

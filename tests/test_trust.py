@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from algonauts_fixture import make_release
-from cli_helpers import run_cli
+from cli_helpers import record_files, run_cli
 
 from rsabench import records
 from rsabench.errors import CellFailure, DataError
@@ -244,7 +244,9 @@ def test_diverging_training_is_a_failure_not_a_score(capsys, tmp_path):
         .splitlines()[-1]
         .startswith("failed: cell kriegeskorte2008 / hIT / torchvision:alexnet / dissim / seed 0: training diverged")
     )
-    assert not list(runs.rglob("*.json"))
+    assert not record_files(runs)
+    [failure] = runs.rglob("*.failed.json")  # the failure is recorded, with its cause
+    assert json.loads(failure.read_text())["error"]["message"].startswith("cell kriegeskorte2008 / hIT")
 
 
 def test_non_finite_features_name_the_layer():
@@ -309,7 +311,7 @@ def test_records_are_strict_json_with_null_for_missing(capsys, tmp_path):
     ]
     code, _, err = run_cli(capsys, argv)
     assert code == 0, err
-    [path] = runs.rglob("*.json")
+    [path] = record_files(runs)
     doc = strict_load(path)
     assert doc["scores"][0]["score"]["ceiling_lower"] is None and doc["scores"][0]["score"]["ceiling_upper"] is None
     code, out, _ = run_cli(capsys, ["leaderboard", "--runs-dir", str(runs), "--format", "json"])
@@ -321,7 +323,7 @@ def test_malformed_record_is_named_and_its_cell_runs_again(capsys, tmp_path):
     runs = tmp_path / "runs"
     argv = ["run", *FAST, "--objective", "frozen", "--runs-dir", str(runs), "--format", "csv"]
     assert run_cli(capsys, argv)[0] == 0
-    [path] = runs.rglob("*.json")
+    [path] = record_files(runs)
     good = json.loads(path.read_text())
     broken = {k: v for k, v in good.items() if k != "config"}
     path.write_text(json.dumps(broken))
@@ -362,7 +364,7 @@ def test_concurrent_runs_of_one_cell(tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
-    assert len(list(runs.rglob("*.json"))) == 1
+    assert len(record_files(runs)) == 1
     assert not list(runs.rglob("*.ckpt")) and not list(runs.rglob(".*.lock"))
     rows = [out.splitlines()[1] for out, _ in results]
     assert rows[0] == rows[1]  # the second took the first one's record
@@ -450,7 +452,7 @@ def test_signals_exit_as_documented(tmp_path, signum, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(signum).name})")
-    assert "Traceback" not in err and not list(runs.rglob("*.json")) and not list(runs.rglob("*.tmp"))
+    assert "Traceback" not in err and not record_files(runs) and not list(runs.rglob("*.tmp"))
     assert list(runs.rglob("state.pt"))  # the checkpoint stays for the rerun to resume from
 
 
