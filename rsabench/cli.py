@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -301,7 +302,7 @@ def run(force: bool, fmt: str, **kw: Any) -> None:
         return
     cells = [c.cell for c in sweep.cells]
     _print_rows(collect_rows(sweep.runs_dir, cells=cells, warn=_warn), fmt)
-    _print_failures(sweep.runs_dir, cells)
+    _print_failures(sweep.runs_dir, cells, fmt)
     if summary.failed:
         raise SweepFailed(_failure_summary(summary, len(jobs), sweep.runs_dir))
 
@@ -364,8 +365,9 @@ def _plan_sweep(kw: dict[str, Any]) -> Sweep:
     return Sweep(kw)
 
 
-def _print_failures(runs_dir: Path, cells: list[str] | None = None) -> None:
-    """A table of the failed cells (of ``cells``, else all under ``runs_dir``), if any."""
+def _print_failures(runs_dir: Path, cells: list[str] | None = None, fmt: str = "table") -> None:
+    """A table of the failed cells (of ``cells``, else all under ``runs_dir``), if any; one line on stderr
+    beside a machine-readable format (its output stays the rows alone)."""
     from rich.table import Table
 
     from .cell import describe
@@ -373,6 +375,9 @@ def _print_failures(runs_dir: Path, cells: list[str] | None = None) -> None:
 
     failures = failures_under(runs_dir, cells)
     if not failures:
+        return
+    if fmt != "table":
+        _warn(f"{len(failures)} failed cell(s) have no row; `rsabench status --runs-dir {runs_dir}` lists them")
         return
     table = Table(title=f"failed cells ({len(failures)})", title_style="bold red")
     for col in ("cell", "error", "failure record"):
@@ -511,13 +516,30 @@ def _size(n_bytes: int) -> str:
 
 @cli.command(cls=GroupedCommand)
 @plan_options
-def plan(**kw: Any) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    cls=GroupedOption,
+    group="output",
+    help="a table, or the planned cells as JSON (cell hash, names, record path, cached)",
+)
+def plan(fmt: str, **kw: Any) -> None:
     """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
     from rich.table import Table
 
     sweep = _plan_sweep(kw)
     sweep.executor()  # an unknown executor or executor option is an error here too, as in run
     cells = sweep.cells
+    if fmt == "json":
+        keys = ("dataset", "target", "backbone", "objective", "seed")
+        doc = [
+            {"cell": c.cell, **{k: c.config[k] for k in keys}, "record": str(c.path), "cached": c.cached} for c in cells
+        ]
+        click.echo(json.dumps(doc, indent=1))
+        return
     table = Table(title="rsabench plan")
     for col in ("dataset", "target", "backbone", "objective", "seed", "status", "cell"):
         table.add_column(col)
@@ -681,6 +703,7 @@ def leaderboard(runs_dir: Path, fmt: str | None, output: Path | None) -> None:
         raise UsageError(f"--runs-dir {runs_dir}: no rsabench records found")
     if output is None:
         _print_rows(rows, fmt or "table")
+        _print_failures(runs_dir, None, fmt or "table")
         return
     if fmt in (None, "table"):
         fmt = OUTPUT_FORMATS.get(output.suffix.lower(), "markdown")

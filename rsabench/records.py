@@ -103,7 +103,7 @@ def write_atomic(path: Path, document: dict[str, Any]) -> None:
 
 
 # -- reading and validating -----------------------------------------------------------------------
-OTHER_SCHEMAS = ("rsabench.failure/", "rsabench.sweep/")
+OTHER_SCHEMAS = ("rsabench.failure/", "rsabench.sweep/", "rsabench.slurm-submission/")
 """Other rsabench documents that may sit in a runs dir: not cell records, skipped without a word."""
 SCHEMA_FILE = "schemas/cell-2.schema.json"
 """The JSON Schema of :data:`SCHEMA` records, shipped in the package."""

@@ -11,6 +11,7 @@ instead of submitting them again.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,6 @@ class SlurmExecutor(Executor):
             "cpus_per_task": o["cpus"],
             "tasks_per_node": 1,
             "slurm_array_parallelism": max(1, parallel),
-            "slurm_max_num_timeout": o["max_requeues"],
         }
         optional = {"slurm_partition": o["partition"], "slurm_account": o["account"], "slurm_qos": o["qos"]}
         params.update({k: v for k, v in optional.items() if v})
@@ -85,8 +85,11 @@ class SlurmExecutor(Executor):
             if job.cell in waiting:
                 handles.append(submitit.SlurmJob(folder=self.folder / "%j", job_id=waiting[job.cell]))
                 by_id[waiting[job.cell]] = job
+        logging.getLogger("submitit").setLevel(logging.ERROR)  # "bypassing sacct" warnings: clusters without accounting
         if new:
-            executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster="slurm")
+            executor = submitit.AutoExecutor(
+                folder=str(self.folder / "%j"), cluster="slurm", slurm_max_num_timeout=self.options["max_requeues"]
+            )
             executor.update_parameters(**self.parameters(len(new)))
             submitted = executor.map_array(SlurmCell(), [job.to_dict() for job in new])
             self._write_submission(submitted, new)

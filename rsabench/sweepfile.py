@@ -68,19 +68,23 @@ def apply(ctx: click.Context, values: dict[str, Any], path: Path) -> tuple[list[
             close = difflib.get_close_matches(key, list(keys), n=1)
             hint = f"; did you mean {close[0]!r}" if close else ""
             raise UsageError(f"--config {path}: unknown key {key!r}{hint}")
-        if _given_on_command_line(ctx, setting.name):
-            continue
-        param = params[setting.name]
+        param, swept = params[setting.name], isinstance(raw, list) and not setting.multiple
         if setting.multiple:
-            merged[setting.name] = _convert_many(ctx, param, setting, raw, path, key)
-        elif isinstance(raw, list):
+            value = _convert_many(ctx, param, setting, raw, path, key)
+        elif swept:
             if setting.target == "sweep" or setting.name in UNSWEPT:
                 raise UsageError(f"--config {path}: {key}: one value only (it says how the sweep runs, not what)")
             if not raw:
                 raise UsageError(f"--config {path}: {key} = []: a swept option needs at least one value")
-            axes[setting.name] = [_convert(ctx, param, v, path, key) for v in raw]
+            value = [_convert(ctx, param, v, path, key) for v in raw]
         else:
-            merged[setting.name] = _convert(ctx, param, raw, path, key)
+            value = _convert(ctx, param, raw, path, key)
+        if _given_on_command_line(ctx, setting.name):  # checked all the same: a bad file is refused
+            continue
+        if swept:
+            axes[setting.name] = value
+        else:
+            merged[setting.name] = value
     names = list(axes)
     combos = [dict(merged, **dict(zip(names, combo, strict=True))) for combo in itertools.product(*axes.values())]
     return combos or [merged], _executor_table(executor, path)

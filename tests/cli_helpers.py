@@ -19,12 +19,12 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 def record_files(runs: Path) -> list[Path]:
-    """The cell records under a runs dir (not sweep manifests, not failure records)."""
+    """The cell records under a runs dir (not sweep manifests, executor logs or failure records)."""
     runs = Path(runs)
     if not runs.exists():
         return []
     return sorted(
         p
         for p in runs.rglob("*.json")
-        if p.relative_to(runs).parts[0] != "sweeps" and not p.name.endswith(".failed.json")
+        if p.relative_to(runs).parts[0] not in ("sweeps", "logs") and not p.name.endswith(".failed.json")
     )
