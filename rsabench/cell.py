@@ -224,6 +224,37 @@ def check_inputs(config: dict[str, Any], workspace: Workspace, ds: Dataset) -> N
         raise UsageError(f"this cell's config was resolved with code {config['code']}, this installation has {code}")
 
 
+def load_dataset_of(config: dict[str, Any], workspace: Workspace) -> Dataset:
+    """The dataset of ``config`` with its recorded options; UsageError for an option it does not take."""
+    from .registry import accepted_options
+
+    name, options = config["dataset"], config["dataset_options"]
+    accepted = accepted_options(workspace.plugins.datasets.get(name), skip=1)
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(
+            f"config: dataset {name!r} takes no option {unknown[0]!r} (it takes: {', '.join(accepted) or 'none'})"
+        )
+    return workspace.load_dataset(name, options)
+
+
+def check_config(config: dict[str, Any], workspace: Workspace, runtime: Runtime) -> tuple[Dataset, Any]:
+    """Everything about ``config`` that can be checked without running the cell — names, options, inputs,
+    code, splits — as usage errors, before its lock is taken or anything is written. Returns its dataset
+    and objective."""
+    from .training import check_amp
+
+    ds = load_dataset_of(config, workspace)
+    check_inputs(config, workspace, ds)
+    objective = build_objective(config, workspace)
+    workspace.plugins.backbones.get(config["backbone"])
+    if config["train"]:
+        check_amp(config["train"]["amp"], runtime.resolved_device())
+    split = config["split"]
+    split_images(ds, split["seed"], split["val_fraction"], split["test_fraction"] or 0.0)
+    return ds, objective
+
+
 def build_objective(config: dict[str, Any], workspace: Workspace) -> Any:
     """The objective of ``config`` rebuilt from its recorded options; UsageError unless they are exactly
     the options it resolves to (an unknown, missing or changed option)."""
@@ -275,16 +306,11 @@ def prepare(
     import torch
 
     from .backbone import check_layers
-    from .training import check_amp
 
     t_start = time.perf_counter()
     plugins = workspace.plugins
     device = runtime.resolved_device()
-    ds = workspace.load_dataset(config["dataset"], config["dataset_options"])
-    check_inputs(config, workspace, ds)
-    objective = build_objective(config, workspace)
-    if config["train"]:
-        check_amp(config["train"]["amp"], device)  # refuse before anything is built
+    ds, objective = check_config(config, workspace, runtime)
     channels_last = runtime.channels_last if runtime.channels_last is not None else device.startswith("cuda")
     seed_everything(config["seed"], device)
     built = plugins.backbones.get(config["backbone"])().build(weights=config["weights"], seed=config["seed"])
@@ -630,6 +656,7 @@ def execute(
     from .training import finish_checkpoints
 
     cell = config_hash(config)
+    check_config(config, workspace, runtime)  # a mistake in the config is a usage error, and no lock file stays
     with cell_lock(path, note=workspace.reporter.note):
         if not force:
             existing = read_record(path)

@@ -855,7 +855,7 @@ def data_info(name: str, data_dir: Path | None, fmt: str) -> None:
 @click_option(BY_NAME["data_dir"])
 @click.option("--no-checksums", is_flag=True, help="check invariants only, not the recorded sha256 manifest")
 def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
-    """Check files against the recorded checksums and the RDM invariants; exit 1 on problems."""
+    """Check files against the recorded checksums and the RDM invariants; exit 2 on problems (bad input files)."""
     from .datastore import verify
 
     problems = verify(name, data_dir, checksums=not no_checksums)
@@ -863,7 +863,7 @@ def data_verify(name: str, data_dir: Path | None, no_checksums: bool) -> None:
         for p in problems:
             click.echo(f"problem: {p}", err=True)
         click.echo(f"{name}: {len(problems)} problem(s)", err=True)
-        sys.exit(1)
+        sys.exit(2)
     click.echo(f"{name}: OK")
 
 

@@ -83,6 +83,7 @@ class LocalExecutor(Executor):
     OPTIONS = {
         "threads": ExecutorOption(int, 0, "torch CPU threads per worker; 0: the CPUs divided among the workers"),
     }
+    run_one = staticmethod(run_job)  # what a worker process runs per job (a module-level function)
 
     def run(self, jobs: list[CellJob], report: Report, workspace: Any = None) -> None:
         if self.jobs <= 1:
@@ -93,27 +94,21 @@ class LocalExecutor(Executor):
         self._run_pool(list(jobs), report)
 
     def _run_pool(self, jobs: list[CellJob], report: Report) -> None:
-        """Run ``jobs`` in a pool; a job whose worker died is retried once in a fresh pool, then failed."""
-        lost_before: set[str] = set()
-        while jobs:
-            lost = self._one_pool(jobs, report)
-            if lost is None:  # stopped (fail-fast)
+        """Run ``jobs`` in a pool. When a worker dies, the pool breaks and takes the unfinished jobs with it:
+        they run again in a fresh pool; those lost a second time run one at a time, so a death then names its
+        own cell, which is recorded as failed."""
+        lost = self._one_pool(jobs, report, min(self.jobs, len(jobs)))
+        if lost:
+            lost = self._one_pool(lost, report, min(self.jobs, len(lost)))
+        for job in lost or []:
+            again = self._one_pool([job], report, 1)
+            if again is None or (again and not report(job, write_lost_worker_failure(job))):
                 return
-            again = []
-            for job in lost:
-                if job.cell in lost_before:
-                    if not report(job, write_lost_worker_failure(job)):
-                        return
-                else:
-                    again.append(job)
-            lost_before.update(job.cell for job in lost)
-            jobs = again
 
-    def _one_pool(self, jobs: list[CellJob], report: Report) -> list[CellJob] | None:
+    def _one_pool(self, jobs: list[CellJob], report: Report, workers: int) -> list[CellJob] | None:
         """Jobs lost to a broken pool (none: all ended), or None when ``report`` asked to stop."""
         import multiprocessing
 
-        workers = min(self.jobs, len(jobs))
         threads = self.options["threads"] or max(1, (os.cpu_count() or 1) // workers)
         slots = multiprocessing.get_context("spawn").Queue()
         for slot in range(workers):
@@ -124,7 +119,7 @@ class LocalExecutor(Executor):
             initializer=_start_worker,
             initargs=(slots, threads, visible_gpus() if all(_any_gpu(job) for job in jobs) else []),
         )
-        futures: dict[Future, CellJob] = {pool.submit(run_job, job.to_dict()): job for job in jobs}
+        futures: dict[Future, CellJob] = {pool.submit(self.run_one, job.to_dict()): job for job in jobs}
         lost: list[CellJob] = []
         try:
             pending = set(futures)

@@ -125,8 +125,13 @@ def collect_rows(
     """Leaderboard rows for every valid record under ``runs_dir`` (or only the given cells), sorted;
     every other JSON file there is reported through ``warn``."""
     wanted = set(cells) if cells is not None else None
-    rows = []
-    for _, doc in iter_records(runs_dir, warn=warn):
+    rows, seen = [], {}
+    for path, doc in iter_records(runs_dir, warn=warn):
+        if doc["cell"] in seen:  # a copy of a record (another folder, another name): one row set per cell
+            if warn is not None:
+                warn(f"{path}: skipped, a copy of the record of cell {doc['cell'][:12]} in {seen[doc['cell']]}")
+            continue
+        seen[doc["cell"]] = path
         if wanted is None or doc["cell"] in wanted:
             rows.extend(rows_from_record(CellRecord.from_dict(doc)))
     add_deltas(rows)

@@ -31,9 +31,12 @@ def split_images(
         n_val = int(round(n * val_fraction))
         parts = {"test": perm[:n_test], "validation": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
         if holdout and n_test < 3 or n_val < 3 or len(parts["train"]) < 2:
+            sizes = f"{len(parts['train'])} train, {n_val} validation" + (f", {n_test} test" if holdout else "")
             raise UsageError(
-                f"dataset {dataset.name!r}, group {group!r}: {n} images are too few for the split fractions "
-                "(need >= 3 validation, >= 3 test and >= 2 training images)"
+                f"dataset {dataset.name!r}, group {group!r}: --val-fraction {val_fraction:g}"
+                + (f" and --test-fraction {test_fraction:g}" if holdout else "")
+                + f" split its {n} images into {sizes}; a cell needs >= 2 training, >= 3 validation"
+                + (" and >= 3 test images" if holdout else " images")
             )
         splits[group] = {k: np.sort(v) for k, v in parts.items() if len(v) or k != "test"}
     return splits

@@ -118,12 +118,22 @@ def _validator(definition: str | None) -> Any:
     """A JSON Schema validator of a whole record, or (``definition``) of one of the schema's ``$defs``."""
     from importlib.resources import files
 
-    import jsonschema
-
     schema = json.loads(files("rsabench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     if definition is not None:
         schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
-    return jsonschema.Draft202012Validator(schema)
+    return _strict_validator()(schema)
+
+
+def _strict_validator() -> Any:
+    """Draft 2020-12 where an integer is a JSON integer: ``1.0`` is a number, not an integer (JSON Schema counts
+    it as both; a float seed or epoch count would fail later, deep in numpy or torch)."""
+    import jsonschema
+
+    def is_integer(checker: Any, instance: Any) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", is_integer))
 
 
 def schema_problem(doc: Any, definition: str | None = None, root: str = "record") -> str | None:

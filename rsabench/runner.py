@@ -19,6 +19,7 @@ from .errors import UsageError
 from .feature_cache import FeatureCache
 from .options import route_options
 from .plugins import Plugins
+from .protocol import split_images
 from .records import config_hash, read_record, record_path
 from .registry import accepted_options
 from .scoring import BOOTSTRAP_SAMPLES
@@ -202,6 +203,8 @@ class Session(Workspace):
         for name in objectives:  # fail on bad option values before anything runs
             self.objective(name)
         loaded = [self.dataset(name) for name in datasets]
+        for ds in loaded:  # split sizes: a usage error now, not in every cell
+            split_images(ds, o.split_seed, o.val_fraction, o.test_fraction if not ds.test_splits else 0.0)
         unknown = [t for t in targets if not any(t in ds.target_names() for ds in loaded)]
         if unknown:
             have = "; ".join(f"dataset {ds.name!r} has targets {', '.join(ds.target_names())}" for ds in loaded)
@@ -216,11 +219,18 @@ class Session(Workspace):
                 config = self.resolve(ds, target, backbone, objective, seed, metric_name)
                 cell = config_hash(config)
                 path = record_path(runs_dir, config, cell)
-                cached = (
-                    read_record(path, warn=lambda m: self.reporter.note(f"{m}; the cell will run again")) is not None
-                )
+                cached = self._has_record(path, cell)
                 cells.append(PlannedCell(config, cell, path, cached))
         return cells
+
+    def _has_record(self, path: Path, cell: str) -> bool:
+        """Whether ``path`` holds a valid record of ``cell`` (a record of another cell there is not its record)."""
+        doc = read_record(path, warn=lambda m: self.reporter.note(f"{m}; the cell will run again"))
+        if doc is not None and doc["cell"] != cell:
+            other = doc["cell"][:12]
+            self.reporter.note(f"{path}: holds the record of another cell ({other}); the cell will run again")
+            return False
+        return doc is not None
 
     def resolve(
         self, ds: Dataset, target: str, backbone: str, objective: str, seed: int, metric: str

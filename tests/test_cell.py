@@ -125,6 +125,12 @@ def test_the_record_runtime_is_what_is_not_hashed(recorded):
         (lambda c: c["objective_options"].update(bogus=1), "config: objective 'frozen' takes no option 'bogus'"),
         (lambda c: c["split"].update(val_fraction=1.5), "config.split.val_fraction"),
         (lambda c: c.update(image_size=16, layers=[]), "--image-size 16: backbone torchvision:alexnet cannot take"),
+        (lambda c: c.update(seed=1.0), "config.seed has the wrong type (float, expected integer)"),
+        (lambda c: c.update(image_size=64.0), "config.image_size has the wrong type (float, expected integer)"),
+        (lambda c: c.update(seed=2**64), "config.seed: 18446744073709551616 is greater than the maximum"),
+        (lambda c: c["dataset_options"].update(bogus=1), "config: dataset 'kriegeskorte2008' takes no option 'bogus'"),
+        (lambda c: c.update(layers=["features.1", "features.1"]), "config.layers: ['features.1', 'features.1'] has"),
+        (lambda c: c.update(loss_layer="features.1"), "config.loss_layer has the wrong type (str, expected null)"),
     ],
 )
 def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsys, edit, message):
@@ -136,6 +142,27 @@ def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsy
     code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list((tmp_path / "out").rglob("*.json")) if (tmp_path / "out").exists() else True
+    if not message.startswith("--image-size"):  # what needs no built network is refused before the cell's lock
+        assert not list(tmp_path.rglob(".*.lock"))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(loss_layer=None), "config.loss_layer has the wrong type (NoneType, expected string)"),
+        (lambda c: c["train"].update(momentum=-5), "config.train.momentum: -5 is less than the minimum of 0"),
+        (lambda c: c["train"].update(epochs=1.0), "config.train.epochs has the wrong type (float, expected integer)"),
+    ],
+)
+def test_run_cell_refuses_a_trained_config_that_does_not_hold(recorded, tmp_path, capsys, edit, message):
+    _, records = recorded
+    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == "dissim")))
+    edit(record["config"])
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(record["config"]))
+    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.rglob(".*.lock")) and not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_run_cell_checks_the_weights_file(recorded, tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_info_and_verify_through_the_cli(toy, tmp_path, capsys):
     assert code == 0, err
     assert f"looks_in: {tmp_path / 'toy'}" in out and "present: False" in out and "toy.npy: the toy RDMs" in out
     code, out, err = run_cli(capsys, ["data", "verify", "toy-data", "--data-dir", str(tmp_path)])
-    assert code == 1 and err.splitlines() == [
+    assert code == 2 and err.splitlines() == [
         f"problem: {tmp_path / 'toy' / 'toy.npy'}: missing (expected the toy RDMs)",
         "toy-data: 1 problem(s)",
     ]

@@ -21,7 +21,9 @@ from filelock import FileLock
 from slurm_env import requires_slurm
 
 from rsabench import plugins as plugins_module
+from rsabench.executor import LocalExecutor
 from rsabench.hookspecs import hookimpl
+from rsabench.jobs import CellJob, Outcome
 from rsabench.objective import Objective
 from rsabench.plugins import build_plugins
 from rsabench.sweep import select_shard
@@ -140,6 +142,28 @@ def test_jobs_2_gives_the_numbers_of_jobs_1_and_isolates_failures(tmp_path):
     assert "2 of 4 cells failed" in bad.stderr.strip().splitlines()[-1] and "training diverged" in bad.stderr
     kept = [json.loads(p.read_text())["config"]["objective"] for p in record_files(tmp_path / "bad")]
     assert kept == ["frozen", "frozen"] and len(list((tmp_path / "bad").rglob("*.failed.json"))) == 2
+
+
+def die_on_bad(job: dict) -> Outcome:
+    """A worker's job stand-in: the cell named "bad" kills its worker process; the others succeed."""
+    if job["cell"] == "bad":
+        os._exit(9)
+    time.sleep(0.2)
+    return Outcome(job["cell"], "done", job["path"], 0.2)
+
+
+def test_a_worker_that_dies_fails_its_own_cell_only(tmp_path):
+    class Dying(LocalExecutor):
+        run_one = staticmethod(die_on_bad)
+
+    cells = ["ok1", "bad", "ok2", "ok3", "ok4"]
+    jobs = [CellJob({"dataset": "d"}, c, str(tmp_path / f"{c}.json"), {"device": "cpu"}) for c in cells]
+    seen: dict[str, str] = {}
+    Dying(jobs=2).run(jobs, lambda job, outcome: seen.update({job.cell: outcome.status}) or True)
+    assert seen == {"ok1": "done", "ok2": "done", "ok3": "done", "ok4": "done", "bad": "failed"}
+    failure = json.loads((tmp_path / "bad.failed.json").read_text())
+    assert failure["error"]["kind"] == "lost worker" and "out-of-memory killer" in failure["error"]["message"]
+    assert not (tmp_path / "ok1.failed.json").exists()
 
 
 def test_a_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path):

@@ -515,7 +515,7 @@ def test_verify_lists_problems(damage, fragment, tmp_path, capsys):
             write_mat(root / "Training_Data/92_Image_Set/target_fmri.mat", arrays, "v7.3")
     before = sorted(files_under(tmp_path))
     code, out, err = run_cli(capsys, ["data", "verify", "algonauts-fmri", "--data-dir", str(data), "--no-checksums"])
-    assert code == 1 and fragment in err, err
+    assert code == 2 and fragment in err, err
     assert err.strip().splitlines()[-1].startswith("algonauts-fmri: ") and "problem(s)" in err
     assert all(line.startswith(("problem: ", "algonauts-fmri: ")) for line in err.strip().splitlines()), err
     assert "Traceback" not in err and sorted(files_under(tmp_path)) == before

@@ -169,7 +169,7 @@ def _plan(data_dir: Path, runs: Path, plugins=None, **options):
 
 
 def test_swapping_two_training_images_changes_the_cell_hash(tmp_path):
-    make_release(tmp_path, "fmri", {"92": 12, "78": 10})
+    make_release(tmp_path, "fmri", {"92": 16, "78": 10})  # 16: enough images for the splits
     runs = tmp_path / "runs"
     before = _plan(tmp_path, runs)
     records.write_atomic(before.path, {"schema": "stale"})  # whatever is at the old path is never reused
@@ -337,6 +337,26 @@ def test_malformed_record_is_named_and_its_cell_runs_again(capsys, tmp_path):
     path.write_text(json.dumps(tampered))
     with pytest.raises(records.InvalidRecord, match="cell hash does not match its config"):
         records.load_record(path)
+
+
+def test_a_record_of_another_cell_in_a_cells_place_is_not_its_record(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    argv = ["run", *FAST, "--objective", "frozen", "--objective", "dissim", "--runs-dir", str(runs), "--format", "csv"]
+    assert run_cli(capsys, argv)[0] == 0
+    by_objective = {json.loads(p.read_text())["config"]["objective"]: p for p in record_files(runs)}
+    frozen_cell = json.loads(by_objective["frozen"].read_text())["cell"]
+    by_objective["frozen"].write_text(by_objective["dissim"].read_text())  # a valid record, of the other cell
+    code, out, err = run_cli(capsys, argv)
+    assert code == 0 and "2 cell(s), 1 cached, 1 to run" in err and "holds the record of another cell" in err
+    assert json.loads(by_objective["frozen"].read_text())["cell"] == frozen_cell
+    assert sum(1 for line in out.splitlines() if ",frozen," in line) == 1  # its row is back
+
+    copy = runs / "old" / "copy.json"
+    copy.parent.mkdir()
+    copy.write_text(by_objective["dissim"].read_text())  # a copy of a record elsewhere: one row set per cell
+    code, out, err = run_cli(capsys, ["leaderboard", "--runs-dir", str(runs), "--format", "csv"])
+    assert code == 0 and sum(1 for line in out.splitlines() if ",dissim," in line) == 1
+    assert "a copy of the record of cell" in err
 
 
 # -- 8. two runs of one cell share a runs dir safely ---------------------------------------------
