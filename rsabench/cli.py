@@ -524,11 +524,18 @@ def _size(n_bytes: int) -> str:
     show_default=True,
     cls=GroupedOption,
     group="output",
-    help="a table, or the planned cells as JSON (cell hash, names, record path, cached)",
+    help="a table with estimates, or the planned cells as JSON (cell hash, names, record path, cached)",
 )
-def plan(fmt: str, **kw: Any) -> None:
-    """Show the cells a run would execute, which are cached, and a rough cost estimate; runs nothing."""
-    from rich.table import Table
+@click.option(
+    "--no-probe",
+    is_flag=True,
+    cls=GroupedOption,
+    group="execution",
+    help="skip the timed probe of each network (no time estimates; memory and passes only)",
+)
+def plan(fmt: str, no_probe: bool, **kw: Any) -> None:
+    """Show the cells a run would execute: cached or not, passes, memory, estimated time, what is missing."""
+    from .estimate import PROBES, estimate_cells, render_plan
 
     sweep = _plan_sweep(kw)
     sweep.executor()  # an unknown executor or executor option is an error here too, as in run
@@ -540,28 +547,10 @@ def plan(fmt: str, **kw: Any) -> None:
         ]
         click.echo(json.dumps(doc, indent=1))
         return
-    table = Table(title="rsabench plan")
-    for col in ("dataset", "target", "backbone", "objective", "seed", "status", "cell"):
-        table.add_column(col)
-    for c in cells:
-        cfg = c.config
-        table.add_row(
-            cfg["dataset"],
-            cfg["target"],
-            cfg["backbone"],
-            cfg["objective"],
-            str(cfg["seed"]),
-            "cached" if c.cached else "to run",
-            c.cell[:12],
-        )
-    console = _console()
-    console.print(table)
-    todo = [c for c in cells if not c.cached]
-    trains = sum(1 for c in todo if c.config["trains"])
-    console.print(
-        f"{len(cells)} cell(s): {len(cells) - len(todo)} cached, {len(todo)} to run ({trains} train for {kw['epochs']} "
-        "epoch(s) each)"
-    )
+    estimates = [
+        e for session, part in sweep.parts for e in estimate_cells(session, part, probe=not no_probe, probes=PROBES)
+    ]
+    render_plan(_console(), cells, estimates)
 
 
 @cli.command()
