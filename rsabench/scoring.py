@@ -1,7 +1,9 @@
 """Scores with noise ceilings and seeded bootstrap confidence intervals.
 
 A :class:`TargetScorer` holds one target's subject RDMs restricted to the scored images, prepared once;
-``score_many`` compares any number of model RDMs (one per layer) in one matrix product.
+``score_many`` compares any number of model RDMs (one per layer) in one matrix product. A convention
+subclasses it and overrides :meth:`TargetScorer.values` (its per-subject value from the signed
+correlations) and, where its ceilings differ, :meth:`TargetScorer._ceilings`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import CellFailure
+from .errors import CellFailure, PluginError
 from .rsa import sub_rdm, upper_tri
 
 BOOTSTRAP_SAMPLES = 1000
@@ -40,8 +42,9 @@ def model_rdm_problem(rdm: np.ndarray) -> str | None:
 class Score:
     """Never a bare float: raw value, per-subject values, ceilings, normalised value, CI, n, convention.
 
-    ``normalized`` is ``100 * raw / ceiling_upper`` (percent of the upper noise ceiling).
-    ``rho`` is the signed mean correlation (equal to ``raw`` unless the convention squares it).
+    ``normalized`` is ``100 * raw / ceiling_upper`` (percent of the upper noise ceiling). ``rho`` and
+    ``extra["rho_per_subject"]`` are always the signed correlations; ``raw`` and ``per_subject`` are the
+    convention's values of them (:meth:`TargetScorer.values`; equal to ``rho`` under ``computed``).
     """
 
     raw: float
@@ -95,8 +98,10 @@ class TargetScorer:
     ``rdms``: ``(subjects, repeats, n, n)``, or any sequence of per-subject ``(repeats, n, n)`` arrays (a
     memory map, a generator-backed list): it is read one subject at a time and kept as given, never
     copied whole. ``index``: the images scored (all when None). The metric is applied per (subject,
-    repeat) and averaged over repeats, then over subjects. Ceilings use the same pairs: upper against the
-    pooled RDM of all subjects, lower against the others (leave one out).
+    repeat) and averaged over repeats (:meth:`_per_subject`: the signed correlations), turned into the
+    convention's values (:meth:`values`: the identity here), then averaged over subjects. Ceilings use the
+    same pairs and the same values: upper against the pooled RDM of all subjects, lower against the others
+    (leave one out).
 
     Memory: the prepared subjects (for Spearman 4 bytes a pair and subject-repeat) plus a few pair vectors,
     when the metric offers ``pooled_sum`` (the pooled RDM from prepared rows; all built-ins do). Without
@@ -104,6 +109,8 @@ class TargetScorer:
     """
 
     convention = "computed"
+    ceiling_source = "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)"
+    p_value_test = "two-sided one-sample t-test over subjects of the per-subject value against 0"
 
     def __init__(
         self,
@@ -177,23 +184,39 @@ class TargetScorer:
         return np.stack(sims, axis=1)
 
     def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
-        """``(M, P)`` model vectors → ``(M, S)`` per-subject values (mean over repeats)."""
+        """``(M, P)`` model vectors → ``(M, S)`` signed correlations per subject (mean over repeats): the
+        record's ``rho``. A convention changes its values with :meth:`values`, not here."""
         return self._compare(model_vectors).mean(axis=2)
 
+    def values(self, signed: np.ndarray) -> np.ndarray:
+        """The convention's per-subject values ``(M, S)`` from the signed correlations ``(M, S)`` (the hook a
+        convention overrides, e.g. ``signed**2``; the identity here). Scores and ceilings both use it."""
+        return signed
+
+    def _values(self, signed: np.ndarray) -> np.ndarray:
+        values = np.asarray(self.values(signed), dtype=np.float64)
+        if values.shape != signed.shape:
+            raise PluginError(
+                f"convention {self.convention!r}: values() returned shape {values.shape} for signed correlations "
+                f"of shape {signed.shape} (expected the same shape)"
+            )
+        return values
+
     def _ceilings(self, total: np.ndarray | None) -> tuple[float, float]:
-        """(lower, upper) noise ceilings from ``total``, the sum of every subject's pooled share."""
+        """(lower, upper) noise ceilings on the scale of :meth:`values`, from ``total``: the sum of every
+        subject's pooled share (the metric's ``pooled_sum`` of prepared rows, else ``repeats · pool``)."""
         n_s, n_r = self.n_subjects, self.n_repeats
         if n_s * n_r < 2:  # one RDM: it is its own pooled RDM; no ceiling can be estimated
             return float("nan"), float("nan")
-        upper = self._per_subject(self._pooled(total, n_s * n_r))[0]
+        upper = self._values(self._per_subject(self._pooled(total, n_s * n_r)))[0]
         if n_s < 2:
             return float("nan"), float(upper.mean())
-        lower = np.empty(n_s)
+        signed = np.empty((1, n_s))
         for s in range(n_s):
             others = total - self._own_sum(s)
-            lower[s] = self._compare(self._pooled(others, (n_s - 1) * n_r), [s]).mean()
+            signed[0, s] = self._compare(self._pooled(others, (n_s - 1) * n_r), [s]).mean()
             del others
-        return float(lower.mean()), float(upper.mean())
+        return float(self._values(signed).mean()), float(upper.mean())
 
     # -- scoring -------------------------------------------------------------------------------
     def model_vectors(self, model_rdms: np.ndarray) -> np.ndarray:
@@ -224,7 +247,8 @@ class TargetScorer:
 
     def raw_values(self, model_rdms: np.ndarray) -> np.ndarray:
         """Raw score per model RDM ``(M,)`` (cheap: for layer/epoch selection)."""
-        return self._checked(self._per_subject(self.model_vectors(model_rdms))).mean(axis=1)
+        signed = self._checked(self._per_subject(self.model_vectors(model_rdms)))
+        return self._checked(self._values(signed)).mean(axis=1)
 
     def _checked(self, values: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(values)):
@@ -234,14 +258,14 @@ class TargetScorer:
             )
         return values
 
+    def score_extra(self) -> dict[str, Any]:
+        """What every score of this scorer logs in ``extra`` besides p-values and ``rho_per_subject``."""
+        return {"p_value_test": self.p_value_test, "ceiling_source": self.ceiling_source}
+
     def score_many(self, model_rdms: np.ndarray) -> list[Score]:
         """Full :class:`Score` per model RDM (p-value: t-test over subjects of the per-subject value)."""
-        per_subject = self._checked(self._per_subject(self.model_vectors(model_rdms)))
-        extra = {
-            "p_value_test": "two-sided one-sample t-test over subjects of the per-subject value against 0",
-            "ceiling_source": "computed from the data on the scored pairs (subjects pooled as rsatoolbox pool_rdm)",
-        }
-        return self._build(per_subject, per_subject, extra)
+        signed = self._checked(self._per_subject(self.model_vectors(model_rdms)))
+        return self._build(self._checked(self._values(signed)), signed, self.score_extra())
 
     def score(self, model_rdm: np.ndarray) -> Score:
         return self.score_many(model_rdm)[0]

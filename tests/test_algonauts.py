@@ -364,3 +364,26 @@ def test_datastore_generic_path_for_other_datasets(tmp_path):
     assert problems and all(p.startswith(str(tmp_path / "nsd")) and p.endswith("missing") for p in problems)
     with pytest.raises(UsageError, match="no fetcher"):
         datastore.fetch("nsd", tmp_path)
+
+
+def test_algonauts_scores_keep_the_signed_rho_and_their_own_ceiling_source():
+    """R² per subject, but ``rho``/``rho_per_subject`` signed (an anti-correlated model keeps its sign)."""
+    from importlib import resources
+
+    with np.load(str(resources.files("rsabench.data").joinpath("kriegeskorte2008.npz"))) as npz:
+        rdms = npz["rdms"].astype(np.float64)
+        animate = npz["category_vectors"][:, 0]
+    model = (animate[:, None] == animate[None, :]).astype(np.float64)  # 1 - animacy: anti-correlated with IT
+    score = Algonauts2019Scorer(rdms, SpearmanMetric(), noise_ceiling=0.25).score(model)
+    signed = np.array([np.mean([spearmanr(sq(model), sq(rdms[s, k]))[0] for k in range(2)]) for s in range(4)])
+    assert np.all(signed < 0)
+    # float64 Spearman over 4186 pairs (ranks exact), |r| <= 1, scipy vs us: precision.F64 (2·F64 once squared)
+    np.testing.assert_allclose(score.extra["rho_per_subject"], signed, rtol=0, atol=F64)
+    assert score.rho == pytest.approx(signed.mean(), abs=F64)
+    np.testing.assert_allclose(score.per_subject, signed**2, rtol=0, atol=2 * F64)
+    assert score.ceiling_upper == 0.25  # the constant given: exact
+    assert score.extra["ceiling_source"] == "devkit constant (testSub_*.py)"
+    assert "devkit" in score.extra["p_value_test"] and "R²" in score.extra["p_value_test"]
+    data = Algonauts2019Scorer(rdms, SpearmanMetric()).score(model)
+    assert "devkit way" in data.extra["ceiling_source"] and "rsatoolbox" not in data.extra["ceiling_source"]
+    assert data.extra["ceiling_upper_from_data"] == data.ceiling_upper  # no constant: the computed one itself

@@ -307,3 +307,59 @@ def test_paired_delta_is_paired_and_seeded(rdms, animacy_rdm):
     # and an unpaired bootstrap would widen the interval by O(0.01)
     assert d == pytest.approx(0.1, abs=F64)
     assert lo == pytest.approx(0.1, abs=F64) and hi == pytest.approx(0.1, abs=F64)
+
+
+# ------------------------------------------------------------------------------------------------
+# the convention hook: values(signed)
+# ------------------------------------------------------------------------------------------------
+class CubedScorer(TargetScorer):
+    """A convention that only overrides ``values``: an odd, non-linear transform keeps the sign visible."""
+
+    convention = "toy-cubed"
+    ceiling_source = "toy: cubed correlations with the pooled RDM"
+
+    def values(self, signed: np.ndarray) -> np.ndarray:
+        return signed**3
+
+
+def test_values_hook_transforms_scores_and_ceilings_but_never_rho(rdms, animacy_rdm):
+    from scipy.stats import rankdata
+
+    model = 1.0 - animacy_rdm  # anti-correlated with IT: negative rho
+    score = CubedScorer(rdms, SpearmanMetric()).score(model)
+    plain = TargetScorer(rdms, SpearmanMetric()).score(model)
+    vecs = upper_tri(rdms)
+    signed = np.array([np.mean([spearmanr(upper_tri(model), vecs[s, k])[0] for k in range(2)]) for s in range(4)])
+    ranks = rankdata(vecs, axis=-1)
+    pooled = ranks.reshape(8, -1).mean(axis=0)  # rsatoolbox pool_rdm for Spearman: the mean rank
+    upper = np.mean([np.mean([spearmanr(pooled, vecs[s, k])[0] for k in range(2)]) ** 3 for s in range(4)])
+    others = [np.delete(ranks, s, axis=0).reshape(6, -1).mean(axis=0) for s in range(4)]
+    lower = np.mean([np.mean([spearmanr(others[s], vecs[s, k])[0] for k in range(2)]) ** 3 for s in range(4)])
+    assert np.all(signed < 0)
+    # float64 Spearman over 4186 pairs, |r| <= 1, scipy vs us: precision.F64; cubing: |(r + e)³ - r³| <= 3|e| + O(e²)
+    np.testing.assert_allclose(score.extra["rho_per_subject"], signed, rtol=0, atol=F64)
+    assert score.rho == pytest.approx(signed.mean(), abs=F64) and score.rho == plain.rho  # same operations: exact
+    np.testing.assert_allclose(score.per_subject, signed**3, rtol=0, atol=3 * F64)
+    assert score.raw == pytest.approx(np.mean(signed**3), abs=3 * F64)
+    assert score.ceiling_upper == pytest.approx(upper, abs=3 * F64)
+    assert score.ceiling_lower == pytest.approx(lower, abs=3 * F64)
+    assert score.extra["ceiling_source"] == CubedScorer.ceiling_source and score.convention == "toy-cubed"
+    np.testing.assert_allclose(
+        CubedScorer(rdms, SpearmanMetric()).raw_values(np.stack([model, animacy_rdm])),
+        [score.raw, -score.raw],  # cubing is odd and 1 - animacy ranks exactly reversed: the same numbers negated
+        rtol=0,
+        atol=3 * F64,
+    )
+
+
+def test_values_of_the_wrong_shape_are_a_plugin_error(rdms, animacy_rdm):
+    from rsabench.errors import PluginError
+
+    class Broken(TargetScorer):
+        convention = "toy-broken"
+
+        def values(self, signed: np.ndarray) -> np.ndarray:
+            return signed.mean(axis=1)
+
+    with pytest.raises(PluginError, match=r"convention 'toy-broken': values\(\) returned shape \(1,\)"):
+        Broken(rdms, SpearmanMetric())

@@ -20,7 +20,7 @@ from scipy.stats import rankdata
 
 from rsabench.errors import UsageError
 from rsabench.rsa import unit_rows
-from rsabench.scoring import BOOTSTRAP_SAMPLES, Score, TargetScorer
+from rsabench.scoring import BOOTSTRAP_SAMPLES, TargetScorer
 
 SUMMARY = "Algonauts 2019 devkit: mean squared Spearman over subjects, % of the devkit's noise ceilings"
 
@@ -77,6 +77,7 @@ class Algonauts2019Scorer(TargetScorer):
     """
 
     convention = "algonauts2019"
+    p_value_test = DEVKIT_P_VALUE
 
     def __init__(
         self,
@@ -102,12 +103,9 @@ class Algonauts2019Scorer(TargetScorer):
         )
         super().__init__(rdms, metric, index, bootstrap_seed, bootstrap_samples)
 
-    def _signed(self, model_vectors: np.ndarray) -> np.ndarray:
-        """``(M, S)`` signed Spearman per subject, averaged over sessions."""
-        return TargetScorer._per_subject(self, model_vectors)
-
-    def _per_subject(self, model_vectors: np.ndarray) -> np.ndarray:
-        return self._signed(model_vectors) ** 2
+    def values(self, signed: np.ndarray) -> np.ndarray:
+        """``R²_s``: the square of each subject's signed Spearman (averaged over sessions first)."""
+        return signed**2
 
     def _ceilings(self, total: np.ndarray | None) -> tuple[float, float]:
         lower, upper = devkit_noise_ceiling(self.vectors)
@@ -116,14 +114,8 @@ class Algonauts2019Scorer(TargetScorer):
             upper = float(self.noise_ceiling_constant)
         return lower, upper
 
-    def score_many(self, model_rdms: np.ndarray) -> list[Score]:
-        signed = self._checked(self._signed(self.model_vectors(model_rdms)))
-        extra = {
-            "p_value_test": DEVKIT_P_VALUE,
-            "ceiling_source": self.ceiling_source,
-            "ceiling_upper_from_data": self.computed_ceiling_upper,
-        }
-        return self._build(signed**2, signed, extra)
+    def score_extra(self) -> dict[str, Any]:
+        return {**super().score_extra(), "ceiling_upper_from_data": self.computed_ceiling_upper}
 
 
 def devkit_constant(dataset_name: str, group: str, target: str) -> float | None:
