@@ -136,13 +136,179 @@ def test_a_damaged_entry_is_reported_once_removed_and_recomputed(tmp_path, damag
     assert third["manifest"]["feature_cache"]["misses"] == 0 and not notes  # rewritten, sound again
 
 
-def test_an_unwritable_cache_is_noted_and_changes_no_number(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("a file where the cache dir would be")
+def read_only(monkeypatch, cache: Path) -> None:
+    """Simulate a read-only cache folder (the tests may run as root, which chmod does not stop)."""
+    import errno
+
+    from rsabench import feature_cache, records
+
+    real_open = records.atomic_open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(cache)):
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(records, "atomic_open", refuse)
+    monkeypatch.setattr(feature_cache, "_remove", refuse)
+
+
+def test_an_unwritable_cache_is_noted_once_and_changes_no_number(tmp_path, monkeypatch):
     good, _ = run(tmp_path, None)
-    record, notes = run(tmp_path, blocker / "cache")
+    read_only(monkeypatch, tmp_path / "cache")
+    record, notes = run(tmp_path, tmp_path / "cache")
     assert numbers(record) == numbers(good)
-    assert sum("cannot write" in m for m in notes) == 1, notes
+    assert len(notes) == 1 and "cannot write (Read-only file system)" in notes[0], notes
+
+
+def test_a_corrupt_entry_in_a_read_only_cache_is_reported_once(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    good, _ = run(tmp_path, cache)
+    victim = FeatureCache(cache).entries()[0]
+    victim.write_bytes(b"garbage")
+    read_only(monkeypatch, cache)
+    again, notes = run(tmp_path, cache)
+    later, more = run(tmp_path, cache)  # another session in this process: the same damaged file, not again
+    assert numbers(again) == numbers(later) == numbers(good)
+    assert len(notes) == 1 and str(victim) in notes[0] and "nothing is written to this cache" in notes[0], notes
+    assert more == [] and victim.read_bytes() == b"garbage"
+
+
+def test_a_folder_in_an_entry_place_is_reported_once_and_removed(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    good, _ = run(tmp_path, cache)
+    victim = FeatureCache(cache).entries()[0]
+    victim.unlink()
+    (victim / "inside").mkdir(parents=True)
+    (victim / "inside" / "file").write_text("x")
+    again, notes = run(tmp_path, cache)
+    assert numbers(again) == numbers(good)
+    assert len(notes) == 1 and f"{victim}: a folder, not an entry file; removed and recomputed" in notes[0], notes
+    assert victim.is_file()  # removed, then the recomputed entry written in its place
+    third, notes = run(tmp_path, cache)
+    assert notes == [] and third["manifest"]["feature_cache"]["misses"] == 0
+
+    from rsabench.cli import main
+
+    victim.unlink()
+    victim.mkdir()  # `cache clear` removes what is in an entry's place too
+    n = len(FeatureCache(cache).entries())
+    main(["cache", "clear", "--cache-dir", str(cache)])
+    assert f"removed {n + 1} file(s)" in capsys.readouterr().out and not victim.exists()
+
+
+def test_a_folder_that_cannot_be_removed_is_reported_once_across_cells(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    run(tmp_path, cache)
+    victim = FeatureCache(cache).entries()[0]
+    victim.unlink()
+    victim.mkdir()
+    read_only(monkeypatch, cache)
+    _, first = run(tmp_path, cache)
+    _, second = run(tmp_path, cache)
+    assert len(first) == 1 and "a folder, not an entry file" in first[0] and second == [], (first, second)
+
+
+def entry_of(tmp_path: Path, n: int = 6) -> tuple[FeatureCache, str, Path]:
+    store = FeatureCache(tmp_path / "cache", note=(notes := []).append)
+    store.notes = notes
+    rdm = 1.0 - np.eye(n, dtype=np.float32)
+    store.put(["a" * 64], rdm[None], {"what": "a test entry"})
+    return store, "a" * 64, store._path("a" * 64)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-dev-zero", "link-to-an-entry", "oversized", "sparse-3-GiB"])
+def test_an_entry_that_is_not_a_plain_file_of_its_size_is_refused_before_reading(tmp_path, monkeypatch, kind):
+    import os
+    import threading
+
+    from rsabench.feature_cache import max_entry_bytes
+
+    store, key, path = entry_of(tmp_path)
+    sound = path.read_bytes()
+    assert len(sound) < max_entry_bytes(6) <= len(sound) + (1 << 20) + 8  # the limit: the RDM, header + 1 MiB
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "link-to-an-entry":
+        (tmp_path / "elsewhere").write_bytes(sound)  # even a sound entry: a link is not the cache's own file
+        path.symlink_to(tmp_path / "elsewhere")
+    elif kind == "oversized":
+        path.write_bytes(sound + b"\0" * (max_entry_bytes(6) + 1 - len(sound)))
+    else:
+        with open(path, "wb") as fh:
+            fh.truncate(3 << 30)
+    read = []
+    real_bytes = FeatureCache._bytes
+    monkeypatch.setattr(FeatureCache, "_bytes", lambda self, *a: read.append(a) or real_bytes(self, *a))
+    result = []
+    worker = threading.Thread(target=lambda: result.append(store.get([key], 6)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "reading the entry hung"
+    assert result == [None] and read == []  # refused on its lstat alone
+    assert len(store.notes) == 1 and str(path) in store.notes[0] and "removed and recomputed" in store.notes[0]
+    assert not os.path.lexists(path) and (kind != "link-to-an-entry" or (tmp_path / "elsewhere").read_bytes() == sound)
+
+
+def test_a_swapped_in_fifo_is_refused_without_blocking(tmp_path, monkeypatch):
+    """Replaced by a FIFO between the check and the open: the open does not wait for a writer."""
+    import os
+
+    store, key, path = entry_of(tmp_path)
+    real_lstat = Path.lstat
+
+    def lstat_then_swap(self):
+        st = real_lstat(self)
+        if self == path:
+            self.unlink()
+            os.mkfifo(self)
+        return st
+
+    monkeypatch.setattr(Path, "lstat", lstat_then_swap)
+    assert store.get([key], 6) is None
+    monkeypatch.setattr(Path, "lstat", real_lstat)
+    assert len(store.notes) == 1 and "not a regular file" in store.notes[0] and not os.path.lexists(path)
+
+
+def test_an_unreadable_cache_is_noted_once_and_switched_off(tmp_path, monkeypatch):
+    import errno
+
+    good, _ = run(tmp_path, None)
+    cache = tmp_path / "cache"
+    real_lstat = Path.lstat
+
+    def denied(self):
+        if str(self).startswith(str(cache)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_lstat(self)
+
+    monkeypatch.setattr(Path, "lstat", denied)
+    record, notes = run(tmp_path, cache)
+    _, more = run(tmp_path, cache)
+    assert numbers(record) == numbers(good)
+    assert len(notes) == 1 and f"feature cache {cache}: cannot read (Permission denied)" in notes[0], notes
+    assert more == [] and not cache.exists()  # switched off: nothing written either
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/sub"])
+@pytest.mark.parametrize("command", ["run", "cache-info", "cache-clear"])
+def test_a_cache_dir_through_a_file_is_a_usage_error(tmp_path, capsys, where, command):
+    from cli_helpers import run_cli
+
+    (tmp_path / "afile").write_text("a file where the cache dir would be")
+    cache = str(tmp_path / where)
+    argv = {
+        "run": ["run", "--weights", "random", "--image-size", "32", "--runs-dir", str(tmp_path / "runs")],
+        "cache-info": ["cache", "info"],
+        "cache-clear": ["cache", "clear"],
+    }[command]
+    code, out, err = run_cli(capsys, [*argv, "--cache-dir", cache])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "afile" in err and "is a file" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cache_info_and_clear(tmp_path, capsys):
