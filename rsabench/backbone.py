@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -200,6 +203,73 @@ def resolve_weights_path(weights: str) -> Path | None:
     return path
 
 
+CHECKPOINT_EXPECTED = "expected a state dict of tensors saved with torch.save, or a .safetensors file"
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, torch's warnings (pickle protocol, ...) silenced in
+    this call only; never unpickles. A failure is explained by :func:`checkpoint_load_problem`."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_zip(path: Path | None) -> bool:
+    """Whether ``path`` starts like a zip archive (what ``torch.save`` writes)."""
+    if path is None:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def checkpoint_load_problem(exc: BaseException, path: Path | None = None) -> str:
+    """One line saying why the checkpoint ``path`` could not be loaded, without torch's advice to load it with
+    ``weights_only=False`` (which would run whatever code the file holds: rsabench never does)."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return f"it holds a pickled Python object ({found.group(1)}), refused without unpickling"
+        return "not a tensor checkpoint (a raw pickle or another format), refused without unpickling"
+    if isinstance(exc, EOFError):
+        return "empty or truncated"
+    if "PytorchStreamReader" in text or "zip archive" in text or _is_zip(path):
+        return "a damaged or truncated torch.save archive"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return str(tuple(shape)) if shape is not None else f"a {type(value).__name__}"
+
+
+def state_mismatch(model: "nn.Module", state: Mapping[str, Any]) -> str:
+    """How ``state`` differs from ``model``'s state dict: the first few missing and unexpected keys and
+    shape mismatches (empty when the keys and shapes agree)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]  # torch fills those
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {_shape(state[k])} vs {_shape(v)}" for k, v in own.items() if k in state and _shape(state[k]) != _shape(v)
+    ]
+    parts = [f"{len(missing)} missing: {_listed(missing)}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected: {_listed(unexpected)}"] if unexpected else []
+    parts += [f"{len(shapes)} of another shape (file vs model): {_listed(shapes)}"] if shapes else []
+    return "; ".join(parts)
+
+
 def load_checkpoint(model: "nn.Module", path: Path) -> None:
     """Load a local checkpoint (a state dict, or a dict holding one under ``state_dict``/``model``)."""
     import torch
@@ -210,29 +280,36 @@ def load_checkpoint(model: "nn.Module", path: Path) -> None:
 
             state = load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_weights_only(path)
     except Exception as exc:
-        raise UsageError(f"--weights {path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if isinstance(state, dict):
+        why = checkpoint_load_problem(exc, path)
+        raise UsageError(
+            f"--weights {path}: not a readable PyTorch checkpoint ({why}); {CHECKPOINT_EXPECTED}"
+        ) from None
+    if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
+            if isinstance(state.get(key), Mapping):
                 state = state[key]
-    if isinstance(state, dict):
-        bad = [
-            k
-            for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-        ]
-        if bad:
-            raise UsageError(
-                f"--weights {path}: checkpoint holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}); it cannot "
-                "be scored"
-            )
+    if not isinstance(state, Mapping):
+        raise UsageError(f"--weights {path}: holds a {type(state).__name__}, not a state dict; {CHECKPOINT_EXPECTED}")
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise UsageError(
+            f"--weights {path}: checkpoint holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}); it cannot "
+            "be scored"
+        )
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--weights {path}: checkpoint does not fit this backbone ({first})") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        why = state_mismatch(model, state) or checkpoint_load_problem(exc)
+        raise UsageError(
+            f"--weights {path}: checkpoint does not fit this backbone ({type(model).__name__}: {why}); expected a "
+            "state dict of this architecture"
+        ) from None
 
 
 def offline_hint() -> str:
