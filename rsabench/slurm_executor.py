@@ -46,6 +46,7 @@ class SlurmExecutor(Executor):
         "time": ExecutorOption(int, 60, "time limit per cell in minutes; a cell that reaches it is requeued"),
         "array_parallelism": ExecutorOption(int, 0, "tasks at once (0: --jobs when above 1, else all)"),
         "max_requeues": ExecutorOption(int, 3, "requeues of a timed-out or preempted cell"),
+        "signal_delay": ExecutorOption(int, 90, "seconds before the time limit that a task is told to requeue itself"),
         "poll": ExecutorOption(float, 5.0, "seconds between status checks while waiting"),
     }
 
@@ -65,6 +66,7 @@ class SlurmExecutor(Executor):
             "cpus_per_task": o["cpus"],
             "tasks_per_node": 1,
             "slurm_array_parallelism": max(1, parallel),
+            "slurm_signal_delay_s": o["signal_delay"],
         }
         optional = {"slurm_partition": o["partition"], "slurm_account": o["account"], "slurm_qos": o["qos"]}
         params.update({k: v for k, v in optional.items() if v})

@@ -323,3 +323,58 @@ def test_a_sweep_runs_on_a_local_ray_instance(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(record_files(runs)) == 4
+
+
+SLOW = pytest.mark.skipif(
+    os.environ.get("RSABENCH_SLOW_TESTS") != "1",
+    reason="slow (about 2 minutes: a cell trained on Slurm, preempted, requeued, and trained again locally); "
+    ".ci/run sets RSABENCH_SLOW_TESTS=1",
+)
+
+
+def _wait(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@SLOW
+@requires_slurm
+def test_a_preempted_slurm_cell_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    """Slurm's preemption warning (SIGUSR2, as before a time limit) reaches a training cell: submitit requeues the
+    task, and the cell resumes from its last per-epoch checkpoint to the numbers of an uninterrupted run."""
+    args = ["run", "--objective", "dissim", *FAST[:4], "--epochs", "30", "--patience", "0"]
+    args += ["--cache-dir", str(tmp_path / "c")]
+    runs = tmp_path / "slurm"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rsabench", *args, "--runs-dir", str(runs), "--executor", "slurm",
+         "--executor-option", "cpus=2", "--executor-option", "poll=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait(lambda: list(runs.rglob("state.pt")), 300, "the first checkpoint")
+        [submission] = (runs / "logs" / "slurm").glob("submitted-*.json")
+        job = json.loads(submission.read_text())["tasks"][0]["job_id"]
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+
+        def requeued() -> bool:
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+            return state.stdout.strip() == "PENDING"
+
+        _wait(requeued, 120, "the task to be requeued")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)  # no 2-min hold
+        _, err = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, err
+    [record] = record_files(runs)
+    assert json.loads(record.read_text())["curves"]["training"]["resumed_from_epoch"] is not None
+    logs = "".join(p.read_text() for p in (runs / "logs" / "slurm").glob("*/*_log.err"))
+    assert "this job is preempted" in logs and "resumed from the checkpoint of epoch" in logs
+    local = cli(*args, "--runs-dir", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    assert scores_of(runs) == scores_of(tmp_path / "local")
