@@ -50,7 +50,7 @@ def scores(runs: Path) -> dict:
 def test_two_workers_against_one(tmp_path):
     times: dict[int, list[float]] = {1: [], 2: []}
     for r in range(ROUNDS):
-        for jobs in ((1, 2) if r % 2 == 0 else (2, 1)):
+        for jobs in (1, 2) if r % 2 == 0 else (2, 1):
             times[jobs].append(run(tmp_path / f"r{r}-j{jobs}", jobs))
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(
