@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, PluginError
 
 ImageLoader = Callable[[], np.ndarray]
 """Returns a group's images as uint8 ``(n, H, W, 3)``; called only when pixels are needed."""
@@ -99,6 +99,11 @@ class Dataset:
         """Check every invariant; raise DataError naming the target and what is wrong."""
         if not self.targets:
             raise DataError(f"dataset {self.name!r}: no targets")
+        clash = sorted(set(self.checksums) & set(self.files))
+        if clash:  # both end up in the cell's data_checksums: one would silently replace the other
+            raise PluginError(
+                f"dataset {self.name!r}: {clash[0]!r} is both a checksums key and a files label; rename one"
+            )
         for name in self.train_groups + [g for gs in self.test_splits.values() for g in gs]:
             if name not in self.groups:
                 raise DataError(f"dataset {self.name!r}: split refers to unknown group {name!r}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .backbone import LayerTaps, set_bn_mode, trainable_parameters
+from .backbone import LayerTaps, checkpoint_load_problem, load_weights_only, set_bn_mode, trainable_parameters
 from .errors import CellFailure, UsageError
 from .features import to_device
 from .objective import Objective
@@ -234,7 +234,10 @@ class Checkpointer:
             self._clear()
             return None
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            state = load_weights_only(self.state_path)
+        except Exception as exc:  # a torn or foreign file: start over, never crash a sweep on it
+            return self._unusable(checkpoint_load_problem(exc, self.state_path))
+        try:
             if not (
                 isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("cell") == self.cell
             ):
@@ -245,15 +248,17 @@ class Checkpointer:
                 raise FileNotFoundError(self.model_path(state["history"]["best_epoch"]))
             self._changed = set(state["changed"])
             state["model"] = self.load_model(state["epoch"])
-        except Exception as exc:  # a torn or foreign checkpoint: start over, never crash a sweep on it
-            self.note(f"checkpoint in {self.directory} not usable ({type(exc).__name__}: {exc}); training from scratch")
-            self._clear()
-            return None
+        except Exception as exc:  # another cell's, another network's, or a model file missing: start over
+            return self._unusable(f"{type(exc).__name__}: {exc}")
         return state
+
+    def _unusable(self, why: str) -> None:
+        self.note(f"checkpoint in {self.directory} not usable ({why}); training from scratch")
+        self._clear()
 
     def load_model(self, epoch: int) -> dict[str, torch.Tensor]:
         """The full model state after ``epoch``."""
-        saved = torch.load(self.model_path(epoch), map_location="cpu", weights_only=True)
+        saved = load_weights_only(self.model_path(epoch))
         return {**self._initial, **saved["model"]}
 
     def save(self, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> None:

@@ -145,3 +145,16 @@ def test_with_data_refuses_what_is_not_a_data_source():
         with_data(load_toy, object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
         with_data("load_toy", ToyData())  # type: ignore[arg-type]
+
+
+def test_a_checksums_key_that_is_also_a_files_label_is_a_broken_plugin(tmp_path):
+    from rsabench.errors import PluginError
+
+    (tmp_path / "toy").mkdir()
+    np.save(tmp_path / "toy" / "toy.npy", np.zeros(3))
+    ds = load_toy(tmp_path)
+    ds.checksums = {"toy.npy": "0" * 64}  # would be replaced by the digest of the file itself, unseen
+    with pytest.raises(PluginError, match="'toy.npy' is both a checksums key and a files label"):
+        ds.validate()
+    ds.checksums = {"toy-generated": "0" * 64}
+    ds.validate()
