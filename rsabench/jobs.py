@@ -222,3 +222,32 @@ class LineReporter(Reporter):
 
     def note(self, message: str) -> None:
         print(f"{self.prefix}note: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rsabench.jobs JOB.json``: run one job (a :meth:`CellJob.to_dict` document) in this process
+    and print its :class:`Outcome` as JSON — the command a batch system runs for an executor that ships jobs as
+    files. Exit 0 when the cell is done, 1 when it failed (its failure record is written), 2 for a bad job file."""
+    import json
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m rsabench.jobs JOB.json", file=sys.stderr)
+        return 2
+    from .records import config_hash, parse_strict_json, validate_config
+
+    try:
+        job = CellJob.from_dict(parse_strict_json(Path(args[0]).read_text(encoding="utf-8")))
+        validate_config(job.config)  # the shipped schema, as run-cell checks it
+        if config_hash(job.config) != job.cell:
+            raise ValueError("its cell is not the hash of its config")
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        print(f"error: {args[0]}: not a job file ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    outcome = run_job(job)
+    print(json.dumps(outcome.to_dict()))
+    return 0 if outcome.status == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -107,3 +107,25 @@ def test_the_data_source_example_describes_and_verifies(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "rdms.npy").write_bytes(b"")
     assert data.DATA.describe(tmp_path)["present"] is True and data.DATA.verify(tmp_path) == []
+
+
+def test_the_executor_example_runs_a_sweep(monkeypatch, capsys, tmp_path):
+    from cli_helpers import record_files, run_cli
+
+    package = types.ModuleType("my_plugin")
+    package.__path__ = []
+    package.executor = module("my_plugin.executor", snippet("# my_plugin/executor.py"))
+    monkeypatch.setitem(sys.modules, "my_plugin", package)
+    monkeypatch.setitem(sys.modules, "my_plugin.executor", package.executor)
+    hooks = module("my_plugin", snippet("# my_plugin/__init__.py (executor)"), hookimpl=hookimpl, lazy=lazy)
+    built = build_plugins(extra={"my_plugin": hooks})
+    monkeypatch.setattr(plugins_module, "get_plugins", lambda: built)
+    runs = tmp_path / "runs"
+    argv = ["run", "--dataset", "synthetic", "--objective", "frozen", "--weights", "random", "--image-size", "64"]
+    code, _, err = run_cli(capsys, [*argv, "--runs-dir", str(runs), "--executor", "command", "--jobs", "2"])
+    assert code == 0, err
+    assert "2 to run on command (2 at once)" in err and len(record_files(runs)) == 2
+    assert len(list((runs / "logs" / "command").glob("*.log"))) == 2
+    code, _, err = run_cli(capsys, [*argv, "--runs-dir", str(runs), "--executor", "command", "--lr", "1e30",
+                                    "--objective", "dissim", "--epochs", "1"])  # fmt: skip
+    assert code == 1 and "training diverged" in err  # the worker's failure record, reported through the example

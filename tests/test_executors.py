@@ -378,3 +378,14 @@ def test_a_preempted_slurm_cell_is_requeued_and_resumes_from_its_checkpoint(tmp_
     local = cli(*args, "--runs-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
     assert scores_of(runs) == scores_of(tmp_path / "local")
+
+
+def test_a_job_file_is_checked_before_it_runs(tmp_path):
+    from rsabench.jobs import main
+
+    assert main([]) == 2
+    bad = tmp_path / "job.json"
+    for text in ("not json", "[]", json.dumps({"config": {}, "cell": "x", "path": "p", "runtime": {}})):
+        bad.write_text(text)
+        assert main([str(bad)]) == 2
+    assert not list(tmp_path.rglob("*.failed.json"))
