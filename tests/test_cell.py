@@ -105,6 +105,17 @@ def test_the_record_runtime_is_what_is_not_hashed(recorded):
         assert record["config"]["split"]["seed"] == 3 and record["config"]["bootstrap"]["seed"] == 5
 
 
+def run_edited_config(recorded, tmp_path, capsys, objective: str, edit) -> tuple[int, str]:
+    """``run-cell`` on the config of the recorded ``objective`` cell after ``edit``: (exit code, stderr)."""
+    _, records = recorded
+    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == objective)))
+    edit(record["config"])
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(record["config"]))
+    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    return code, err
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -134,12 +145,7 @@ def test_the_record_runtime_is_what_is_not_hashed(recorded):
     ],
 )
 def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsys, edit, message):
-    _, records = recorded
-    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == "frozen")))
-    edit(record["config"])
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(record["config"]))
-    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    code, err = run_edited_config(recorded, tmp_path, capsys, "frozen", edit)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list((tmp_path / "out").rglob("*.json")) if (tmp_path / "out").exists() else True
     if not message.startswith("--image-size"):  # what needs no built network is refused before the cell's lock
@@ -155,12 +161,7 @@ def test_run_cell_refuses_a_config_that_does_not_match(recorded, tmp_path, capsy
     ],
 )
 def test_run_cell_refuses_a_trained_config_that_does_not_hold(recorded, tmp_path, capsys, edit, message):
-    _, records = recorded
-    record = json.loads(json.dumps(next(r for _, r in records if r["config"]["objective"] == "dissim")))
-    edit(record["config"])
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(record["config"]))
-    code, _, err = run_cli(capsys, ["run-cell", str(config_file), "--runs-dir", str(tmp_path / "out")])
+    code, err = run_edited_config(recorded, tmp_path, capsys, "dissim", edit)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.rglob(".*.lock")) and not list(tmp_path.rglob("*.ckpt"))
 

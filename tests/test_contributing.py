@@ -49,19 +49,25 @@ def rdms() -> np.ndarray:
         return npz["rdms"].astype(np.float64)
 
 
-@pytest.fixture()
-def installed(monkeypatch):
-    """The example's scoring module importable as ``my_plugin.scoring``, its hook registered as a plugin."""
+def install_example(monkeypatch, submodule: str, hooks_marker: str) -> types.ModuleType:
+    """The example's ``my_plugin.<submodule>`` importable, its hooks (the snippet ``hooks_marker``) a plugin."""
     package = types.ModuleType("my_plugin")
     package.__path__ = []
-    package.scoring = module("my_plugin.scoring", snippet("# my_plugin/scoring.py"))
+    part = module(f"my_plugin.{submodule}", snippet(f"# my_plugin/{submodule}.py"))
+    setattr(package, submodule, part)
     monkeypatch.setitem(sys.modules, "my_plugin", package)
-    monkeypatch.setitem(sys.modules, "my_plugin.scoring", package.scoring)
-    hooks = module("my_plugin", snippet("# my_plugin/__init__.py (continued)"), hookimpl=hookimpl, lazy=lazy)
+    monkeypatch.setitem(sys.modules, f"my_plugin.{submodule}", part)
+    hooks = module("my_plugin", snippet(hooks_marker), hookimpl=hookimpl, lazy=lazy)
     built = build_plugins(extra={"my_plugin": hooks})
     monkeypatch.setattr(plugins_module, "get_plugins", lambda: built)
     assert built.load_errors == {}
-    return package.scoring
+    return part
+
+
+@pytest.fixture()
+def installed(monkeypatch):
+    """The example's scoring module importable as ``my_plugin.scoring``, its hook registered as a plugin."""
+    return install_example(monkeypatch, "scoring", "# my_plugin/__init__.py (continued)")
 
 
 def test_the_convention_example_scores_squared_correlations_with_signed_rho(installed, rdms):
@@ -112,14 +118,7 @@ def test_the_data_source_example_describes_and_verifies(tmp_path):
 def test_the_executor_example_runs_a_sweep(monkeypatch, capsys, tmp_path):
     from cli_helpers import record_files, run_cli
 
-    package = types.ModuleType("my_plugin")
-    package.__path__ = []
-    package.executor = module("my_plugin.executor", snippet("# my_plugin/executor.py"))
-    monkeypatch.setitem(sys.modules, "my_plugin", package)
-    monkeypatch.setitem(sys.modules, "my_plugin.executor", package.executor)
-    hooks = module("my_plugin", snippet("# my_plugin/__init__.py (executor)"), hookimpl=hookimpl, lazy=lazy)
-    built = build_plugins(extra={"my_plugin": hooks})
-    monkeypatch.setattr(plugins_module, "get_plugins", lambda: built)
+    install_example(monkeypatch, "executor", "# my_plugin/__init__.py (executor)")
     runs = tmp_path / "runs"
     argv = ["run", "--dataset", "synthetic", "--objective", "frozen", "--weights", "random", "--image-size", "64"]
     code, _, err = run_cli(capsys, [*argv, "--runs-dir", str(runs), "--executor", "command", "--jobs", "2"])
